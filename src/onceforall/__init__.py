@@ -1,0 +1,1 @@
+"""Once-for-All."""
