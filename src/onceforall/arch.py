@@ -1,0 +1,339 @@
+"""One subnet (`Arch`) and the space of all subnets (`SearchSpace`), batched.
+
+A population is a LongTensor [N, n_genes] of choice indices: one column per gene (resolution,
+each stage's depth, each block's kernel size and expand ratio, ...). Sampling, mutation,
+crossover, encoding and efficiency models work on whole populations at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onceforall.errors import ArchError
+
+ARCH_FORMAT = "onceforall.arch"
+ARCH_VERSION = 1
+LIST_FIELDS = ("ks", "e", "d", "w")
+DEFAULT_MUTATION = {"resolution": 0.5, "depth": 0.1, "block": 0.1, "width": 0.1}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One subnet of a space, input resolution included; the official dict plus `image_size`."""
+
+    space: str
+    image_size: int
+    d: tuple[int, ...]
+    e: tuple[float, ...]
+    ks: tuple[int, ...] | None = None
+    w: tuple[int, ...] | None = None
+
+    def subnet_kwargs(self) -> dict[str, list]:
+        """Keyword arguments for the supernets' `set_active_subnet`."""
+        return {name: list(getattr(self, name)) for name in LIST_FIELDS if getattr(self, name) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": ARCH_FORMAT, "version": ARCH_VERSION, "space": self.space}
+        out["image_size"] = self.image_size
+        out.update(self.subnet_kwargs())
+        return out
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict())
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], space: str | None = None) -> Arch:
+        """Read our JSON form, or an official `{"ks", "e", "d"[, "image_size"]}` dict given `space`."""
+        if not isinstance(data, dict):
+            raise ArchError(f"an arch must be a JSON object, got {type(data).__name__}")
+        version = data.get("version", ARCH_VERSION)
+        if version != ARCH_VERSION:
+            raise ArchError(
+                f"arch format version {version} is not supported; this library reads {ARCH_VERSION}"
+            )
+        known = {f.name for f in fields(cls)} | {"format", "version", "r"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArchError(f"unknown arch keys {unknown}; expected some of {sorted(known)}")
+        space = data.get("space", space)
+        if space is None:
+            raise ArchError("the arch names no space; pass space=... or add a 'space' key")
+        size = data.get("image_size", data.get("r"))
+        if size is None:
+            raise ArchError("the arch has no 'image_size' (input resolution)")
+        lists = {name: _as_tuple(name, data[name]) for name in LIST_FIELDS if name in data}
+        if "d" not in lists or "e" not in lists:
+            raise ArchError("an arch needs at least the lists 'd' (depths) and 'e' (expand ratios)")
+        return cls(space=space, image_size=size, **lists)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path, space: str | None = None) -> Arch:
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ArchError(f"arch file {path} does not exist")
+            text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ArchError(f"arch JSON is malformed: {err}") from None
+        return cls.from_dict(data, space)
+
+
+def _as_tuple(name: str, value: Any) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ArchError(f"arch.{name} must be a list, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One column of a population: a position of an Arch field and its allowed values."""
+
+    field: str
+    position: int | None
+    choices: tuple
+    kind: str
+    group: int
+    slot: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.field if self.position is None else f"{self.field}[{self.position}]"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A unit of blocks with elastic depth: slot j is active iff j < base + depth value."""
+
+    depth_gene: int
+    base: int
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A layer position of the subnets: its spec is `spec(*values of genes)`; it runs iff `slot` is active."""
+
+    genes: tuple[int, ...]
+    slot: int | None
+    spec: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """All subnets of a supernet: the genes, their choices and the depth structure."""
+
+    name: str
+    genes: tuple[Gene, ...]
+    stages: tuple[Stage, ...]
+    n_slots: int
+    sites: tuple[Site, ...] = field(default=(), compare=False, repr=False)
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.genes[self._gene_index("image_size", None)].choices
+
+    def field_genes(self, name: str) -> list[int]:
+        return [i for i, g in enumerate(self.genes) if g.field == name]
+
+    def _gene_index(self, name: str, position: int | None) -> int:
+        for i, g in enumerate(self.genes):
+            if g.field == name and g.position == position:
+                return i
+        raise KeyError((name, position))
+
+    def _table(self, attr: str) -> torch.Tensor:
+        return torch.tensor([getattr(g, attr) for g in self.genes])
+
+    # ----------------------------------------------------------------- arch <-> population
+    def validate(self, arch: Arch) -> Arch:
+        """Return `arch` if it belongs to this space, else raise ArchError naming the field."""
+        self.encode(arch)
+        return arch
+
+    def encode(self, archs: Arch | Sequence[Arch]) -> torch.Tensor:
+        """Choice indices [N, n_genes] of one or several archs."""
+        archs = [archs] if isinstance(archs, Arch) else list(archs)
+        return torch.tensor([self._encode_one(a) for a in archs], dtype=torch.long).reshape(-1, self.n_genes)
+
+    def _encode_one(self, arch: Arch) -> list[int]:
+        if not isinstance(arch, Arch):
+            raise ArchError(f"expected an Arch, got {type(arch).__name__}")
+        if arch.space != self.name:
+            raise ArchError(f"arch belongs to space {arch.space!r}, not {self.name!r}")
+        for name in LIST_FIELDS:
+            expected = len(self.field_genes(name))
+            value = getattr(arch, name)
+            if expected == 0 and value is not None:
+                raise ArchError(f"arch.{name} is not a field of space {self.name!r}; remove it")
+            if expected and (value is None or len(value) != expected):
+                got = "missing" if value is None else f"{len(value)} entries"
+                raise ArchError(f"arch.{name}: {got}; space {self.name!r} expects a list of {expected}")
+        return [self._choice_index(g, self._value(arch, g)) for g in self.genes]
+
+    @staticmethod
+    def _value(arch: Arch, gene: Gene) -> Any:
+        value = getattr(arch, gene.field)
+        return value if gene.position is None else value[gene.position]
+
+    @staticmethod
+    def _choice_index(gene: Gene, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ArchError(f"arch.{gene.label} = {value!r} must be a number; choices are {gene.choices}")
+        for i, choice in enumerate(gene.choices):
+            if math.isclose(value, choice, rel_tol=0, abs_tol=1e-9):
+                return i
+        raise ArchError(f"arch.{gene.label} = {value!r} is not allowed; choices are {gene.choices}")
+
+    def decode(self, population: torch.Tensor) -> list[Arch]:
+        """Archs of a population tensor (rows of choice indices)."""
+        population = self._check(population)
+        archs = []
+        for row in population.tolist():
+            values: dict[str, Any] = {name: [None] * len(self.field_genes(name)) for name in LIST_FIELDS}
+            for gene, index in zip(self.genes, row):
+                if gene.position is None:
+                    values[gene.field] = gene.choices[index]
+                else:
+                    values[gene.field][gene.position] = gene.choices[index]
+            lists = {k: tuple(v) for k, v in values.items() if k in LIST_FIELDS and v}
+            archs.append(Arch(space=self.name, image_size=values["image_size"], **lists))
+        return archs
+
+    def _check(self, population: torch.Tensor) -> torch.Tensor:
+        if not isinstance(population, torch.Tensor) or population.dim() != 2:
+            raise ArchError("a population must be a 2-D tensor of choice indices [N, n_genes]")
+        if population.shape[1] != self.n_genes:
+            raise ArchError(
+                f"population has {population.shape[1]} genes; space {self.name!r} has {self.n_genes}"
+            )
+        limits = torch.tensor([len(g.choices) for g in self.genes], device=population.device)
+        if population.numel() and ((population < 0) | (population >= limits)).any():
+            raise ArchError("population holds choice indices outside their gene's range")
+        return population.long()
+
+    # ----------------------------------------------------------------- corners
+    def max_arch(self, image_size: int | None = None) -> Arch:
+        return self._corner(-1, image_size)
+
+    def min_arch(self, image_size: int | None = None) -> Arch:
+        return self._corner(0, image_size)
+
+    def _corner(self, pick: int, image_size: int | None) -> Arch:
+        row = torch.tensor([[(len(g.choices) - 1) if pick < 0 else 0 for g in self.genes]])
+        arch = self.decode(row)[0]
+        if image_size is None:
+            return arch
+        return self.validate(Arch(**{**arch.__dict__, "image_size": image_size}))
+
+    # ----------------------------------------------------------------- population operators
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` archs drawn uniformly per gene."""
+        n_choices = torch.tensor([len(g.choices) for g in self.genes], dtype=torch.float64)
+        u = torch.rand(n, self.n_genes, generator=generator, dtype=torch.float64)
+        return (u * n_choices).long()
+
+    def mutate(
+        self,
+        population: torch.Tensor,
+        generator: torch.Generator | None = None,
+        prob: dict[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Resample each gene group with its kind's probability (a block's kernel and expand together)."""
+        population = self._check(population)
+        prob = {**DEFAULT_MUTATION, **(prob or {})}
+        groups = self._table("group")
+        n_groups = int(groups.max()) + 1
+        group_prob = torch.zeros(n_groups, dtype=torch.float64)
+        for g in self.genes:
+            group_prob[g.group] = prob[g.kind]
+        hit = torch.rand(len(population), n_groups, generator=generator, dtype=torch.float64) < group_prob
+        fresh = self.sample(len(population), generator)
+        return torch.where(hit[:, groups], fresh, population)
+
+    def crossover(
+        self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Each gene copied from one of two parents chosen uniformly."""
+        a, b = self._check(a), self._check(b)
+        pick_a = torch.rand(a.shape, generator=generator, dtype=torch.float64) < 0.5
+        return torch.where(pick_a, a, b)
+
+    # ----------------------------------------------------------------- structure
+    def active(self, population: torch.Tensor) -> torch.Tensor:
+        """Bool [N, n_slots]: which block slots run in each arch."""
+        population = self._check(population)
+        active = torch.ones(len(population), self.n_slots, dtype=torch.bool)
+        for stage in self.stages:
+            choices = torch.tensor(self.genes[stage.depth_gene].choices)
+            depth = choices[population[:, stage.depth_gene]] + stage.base
+            for position, slot in enumerate(stage.slots):
+                active[:, slot] = position < depth
+        return active
+
+    def canonical(self, population: torch.Tensor) -> torch.Tensor:
+        """Zero the genes of skipped blocks, so equal subnets have equal rows."""
+        population = self._check(population)
+        slots = torch.tensor([-1 if g.slot is None else g.slot for g in self.genes])
+        gated = slots >= 0
+        keep = torch.ones_like(population, dtype=torch.bool)
+        keep[:, gated] = self.active(population)[:, slots[gated]]
+        return population * keep
+
+    def onehot(self, population: torch.Tensor) -> torch.Tensor:
+        """Predictor features: one-hot per gene, skipped blocks all-zero, implied depths omitted."""
+        population = self._check(population)
+        implied = {s.depth_gene for s in self.stages if any(g.slot in s.slots for g in self.genes)}
+        encoded = [i for i in range(self.n_genes) if i not in implied]
+        widths = torch.tensor([len(self.genes[i].choices) for i in encoded])
+        offsets = torch.cumsum(widths, 0) - widths
+        out = torch.zeros(len(population), int(widths.sum()))
+        active = self.active(population).float()
+        gate = torch.ones(len(population), len(encoded))
+        for column, i in enumerate(encoded):
+            if self.genes[i].slot is not None:
+                gate[:, column] = active[:, self.genes[i].slot]
+        out.scatter_(1, offsets + population[:, encoded], gate)
+        return out
+
+    @property
+    def onehot_dim(self) -> int:
+        return self.onehot(self.sample(1)).shape[1]
+
+    def count(self, include_resolution: bool = False) -> int:
+        """Exact number of distinct subnets (skipped blocks' choices do not count)."""
+        slot_choices = [1] * self.n_slots
+        counted = {s.depth_gene for s in self.stages}
+        for i, g in enumerate(self.genes):
+            if g.slot is not None:
+                slot_choices[g.slot] *= len(g.choices)
+                counted.add(i)
+        total = 1
+        for i, g in enumerate(self.genes):
+            if i not in counted and (g.kind != "resolution" or include_resolution):
+                total *= len(g.choices)
+        for stage in self.stages:
+            per_depth = 0
+            for d in self.genes[stage.depth_gene].choices:
+                n_active = min(len(stage.slots), stage.base + d)
+                per_depth += math.prod(slot_choices[s] for s in stage.slots[:n_active])
+            total *= per_depth
+        return total

@@ -1,0 +1,80 @@
+"""Static descriptions of single layers: shapes in, MACs and parameters out.
+
+Search spaces describe every layer a subnet can contain as a `LayerSpec`; efficiency models
+(MACs, params, latency tables) are tables over these specs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onceforall.nn.ops import make_divisible, out_size
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of an extracted subnet at a given input size.
+
+    op: "conv" (conv+optional BN+act), "mbconv", "pool" (global average), "linear",
+    "bottleneck" (ResNet), "maxpool".
+    """
+
+    op: str
+    in_size: int
+    in_channels: int
+    out_channels: int
+    kernel_size: int = 1
+    stride: int = 1
+    mid_channels: int = 0
+    use_se: bool = False
+    act: str | None = None
+    use_bn: bool = True
+    bias: bool = False
+    groups: int = 1
+    shortcut: bool = False
+
+    @property
+    def out_size(self) -> int:
+        return out_size(self.in_size, self.stride)
+
+    @property
+    def width(self) -> int:
+        """Channels of the depthwise stage (MBConv without expansion: the input channels)."""
+        return self.mid_channels or self.in_channels
+
+    @property
+    def se_channels(self) -> int:
+        return make_divisible(self.width // 4) if self.use_se else 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of convolutions and linear layers (BN, activations, pooling excluded)."""
+        cin, cout, k, h = self.in_channels, self.out_channels, self.kernel_size, self.out_size
+        if self.op == "conv":
+            return cin * cout * k * k * h * h // self.groups
+        if self.op == "mbconv":
+            width = self.width
+            expand = cin * self.mid_channels * self.in_size**2
+            return expand + width * k * k * h * h + 2 * width * self.se_channels + width * cout * h * h
+        if self.op == "linear":
+            return cin * cout
+        if self.op in ("pool", "maxpool"):
+            return 0
+        raise ValueError(f"unknown op {self.op!r}")
+
+    @property
+    def params(self) -> int:
+        """Learnable parameters (BN affine included, running statistics excluded)."""
+        cin, cout, k, mid = self.in_channels, self.out_channels, self.kernel_size, self.mid_channels
+        if self.op == "conv":
+            return cin * cout * k * k // self.groups + cout * (self.bias + 2 * self.use_bn)
+        if self.op == "mbconv":
+            width, s = self.width, self.se_channels
+            expand = cin * mid + 2 * mid
+            se = width * s + s + s * width + width if self.use_se else 0
+            return expand + width * k * k + 2 * width + se + width * cout + 2 * cout
+        if self.op == "linear":
+            return cin * cout + cout * self.bias
+        if self.op in ("pool", "maxpool"):
+            return 0
+        raise ValueError(f"unknown op {self.op!r}")
