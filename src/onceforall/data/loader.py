@@ -123,7 +123,7 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(self.epoch)
-        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        mine = slice(self.rank, None, self.world_size)
         for b in range(self.start_batch, len(self)):
             batch = order[b * self.global_batch : (b + 1) * self.global_batch]
             generator, size = self._batch_rng(self.epoch, b)
