@@ -7,6 +7,7 @@ minimal stand-in modules let its network code import. Nothing here is used by `o
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -16,6 +17,7 @@ def _stub(name: str, **attrs: object) -> None:
     if name in sys.modules:
         return
     module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
     module.__dict__.update(attrs)
     sys.modules[name] = module
 

@@ -1,3 +1,90 @@
-import typer
+"""The `ofa` command."""
 
-app = typer.Typer()
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from onceforall.arch import Arch
+from onceforall.io import save_atomic, write_json_atomic
+from onceforall.spaces import OFAMobileNetV3
+from onceforall.specialize import count_macs, count_params
+from onceforall.specialize.measure import time_forward
+
+app = typer.Typer(
+    help="Once-for-All: train one supernet, specialize it for every device.", no_args_is_help=True
+)
+console = Console()
+
+
+def describe(arch: Arch) -> str:
+    """A one-line summary: resolution, depths, mean kernel and expand ratio of the active blocks."""
+    per_stage = len(arch.ks) // len(arch.d)
+    active = [i for s, d in enumerate(arch.d) for i in range(s * per_stage, s * per_stage + d)]
+    mean_k = sum(arch.ks[i] for i in active) / len(active)
+    mean_e = sum(arch.e[i] for i in active) / len(active)
+    return f"R{arch.image_size} D{''.join(map(str, arch.d))} K{mean_k:.1f} E{mean_e:.1f}"
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="where the extracted subnet is written")] = Path("runs/demo"),
+    samples: Annotated[int, typer.Option(min=1, help="random subnets besides the largest and smallest")] = 5,
+    seed: Annotated[int, typer.Option(help="seed of the subnet sampler")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for latency (0: torch's default)")] = 0,
+) -> None:
+    """Build OFA-MobileNetV3 w1.0, size its space, profile a few subnets, and extract one."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    net = OFAMobileNetV3(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], dropout_rate=0)
+    net.eval()
+    space = net.search_space()
+    console.print(
+        f"[bold]{space.name}[/]: {sum(p.numel() for p in net.parameters()):,} parameters (untrained)"
+    )
+    console.print(
+        f"subnets: {space.count():.3e} architectures, {space.count(include_resolution=True):.3e} "
+        f"with {len(space.resolutions)} resolutions ({space.resolutions[0]}-{space.resolutions[-1]} px)"
+    )
+    generator = torch.Generator().manual_seed(seed)
+    archs = [("max", space.max_arch()), ("min", space.min_arch(space.resolutions[0]))]
+    archs += [(f"random {i}", a) for i, a in enumerate(space.decode(space.sample(samples, generator)))]
+    macs = count_macs(space, [a for _, a in archs]) / 1e6
+    params = count_params(space, [a for _, a in archs]) / 1e6
+
+    table = Table(
+        title=f"subnets: MACs, parameters and CPU latency (batch 1, {torch.get_num_threads()} threads)"
+    )
+    for column in ("subnet", "architecture", "MACs (M)", "params (M)", "latency (ms)"):
+        table.add_column(column, justify="left" if column in ("subnet", "architecture") else "right")
+    for (name, arch), m, p in track(
+        list(zip(archs, macs.tolist(), params.tolist())), description="measuring"
+    ):
+        net.set_arch(arch)
+        subnet = net.get_active_subnet().to(memory_format=torch.channels_last)
+        x = torch.randn(1, 3, arch.image_size, arch.image_size).contiguous(memory_format=torch.channels_last)
+        timing = time_forward(subnet, x, warmup=3, repeats=10)
+        table.add_row(name, describe(arch), f"{m:.1f}", f"{p:.2f}", f"{timing.median_ms:.2f}")
+    console.print(table)
+
+    name, arch = archs[2] if len(archs) > 2 else archs[0]
+    net.set_arch(arch)
+    subnet = net.get_active_subnet()
+    save_atomic({"state_dict": subnet.state_dict()}, out / "model.pt")
+    write_json_atomic(net.get_active_net_config(), out / "net.config")
+    arch.to_json(out / "arch.json")
+    console.print(
+        f"extracted '{name}' ({describe(arch)}) to {out}/: model.pt, net.config (official JSON), arch.json"
+    )
+
+
+@app.callback()
+def main() -> None:
+    """Once-for-All command-line tool."""

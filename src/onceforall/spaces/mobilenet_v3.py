@@ -370,7 +370,13 @@ def _sites(net: OFAMobileNetV3, n_stages: int, max_depth: int) -> tuple[Site, ..
 
     sites = [
         Site((0,), None, lambda r: LayerSpec("conv", r, net.in_channels, c[0], 3, s0, act="h_swish")),
-        Site((0,), None, lambda r: LayerSpec("mbconv", out_size(r, s0), c[0], c[1], 3, 1, act="relu")),
+        Site(
+            (0,),
+            None,
+            lambda r: LayerSpec(
+                "mbconv", out_size(r, s0), c[0], c[1], 3, 1, act="relu", shortcut=c[0] == c[1]
+            ),
+        ),
     ]
     for stage in range(n_stages):
         for pos in range(max_depth):

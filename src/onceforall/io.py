@@ -1,0 +1,40 @@
+"""Atomic file writes: a crash never leaves a half-written checkpoint or result behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic(path: str | Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, then rename over it."""
+    return _atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    return _atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    return write_text_atomic(json.dumps(data, indent=2) + "\n", path)

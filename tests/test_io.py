@@ -1,0 +1,37 @@
+"""Atomic writes and latency measurement."""
+
+import json
+
+import pytest
+import torch
+
+from onceforall.io import save_atomic, write_json_atomic
+from onceforall.specialize.measure import time_forward
+
+
+def test_save_atomic_replaces_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    save_atomic({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"step": 1}, path)
+    with pytest.raises(Exception, match="pickle"):
+        save_atomic({"weights": torch.ones(1000), "unpicklable": lambda: 0}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_write_json_atomic(tmp_path):
+    path = write_json_atomic({"ok": [1, 2]}, tmp_path / "r.json")
+    assert json.loads(path.read_text()) == {"ok": [1, 2]}
+
+
+def test_time_forward_reports_ordered_percentiles():
+    timing = time_forward(torch.nn.Linear(8, 8), torch.randn(4, 8), warmup=1, repeats=12)
+    assert timing.repeats == 12
+    assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms
