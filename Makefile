@@ -6,7 +6,9 @@ STAMP   := $(VENV)/.installed
 REF     := $(VENV)/.reference
 OFA_REF := ofa==0.1.0.post202307202001
 
-.PHONY: venv reference test demo bench lint clean
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv reference datasets test demo bench lint clean
 
 venv: $(STAMP)
 
@@ -24,7 +26,13 @@ $(REF): $(STAMP)
 	$(BIN)/pip install -q --no-deps $(OFA_REF)
 	touch $@
 
-test: venv reference
+# Debian's Fashion-MNIST (IDX files under $(FMNIST)): real data for the tests and recipes.
+datasets:
+	@test -d $(FMNIST) || { \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+
+test: venv reference datasets
 	$(BIN)/python -m pytest
 
 demo: venv
