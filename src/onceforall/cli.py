@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from rich.progress import track
 from rich.table import Table
 
 from onceforall.arch import Arch
+from onceforall.errors import OFAError
 from onceforall.io import save_atomic, write_json_atomic
 from onceforall.spaces import OFAMobileNetV3
 from onceforall.specialize import count_macs, count_params
@@ -88,3 +90,64 @@ def demo(
 @app.callback()
 def main() -> None:
     """Once-for-All command-line tool."""
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="recipe YAML (see configs/)")],
+    out: Annotated[Path, typer.Option(help="run folder: checkpoints, log.jsonl, supernet.pt")] = Path(
+        "runs/train"
+    ),
+    resume: Annotated[bool, typer.Option(help="continue the run in --out where it stopped")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available)")] = None,
+) -> None:
+    """Progressive shrinking: train a once-for-all supernet (run under torchrun for several ranks)."""
+    from onceforall.train import Trainer, load_recipe
+
+    with user_errors():
+        trainer = Trainer(load_recipe(config), out, resume=resume, device=device)
+        final = trainer.run()
+    console.print(f"supernet written to {final}")
+
+
+@app.command("eval")
+def evaluate(
+    supernet: Annotated[str, typer.Option(help="supernet file written by `ofa train`, or a zoo id")],
+    arch: Annotated[str, typer.Option(help="max, min, or an arch JSON file")] = "max",
+    data: Annotated[
+        str, typer.Option(help="dataset name (fashion-mnist, cifar10, ...) or ImageFolder path")
+    ] = "",
+    root: Annotated[str | None, typer.Option(help="folder of the dataset's files")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="input size (default: the arch's, or the largest)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result as JSON on the last line")
+    ] = False,
+) -> None:
+    """Test accuracy of one subnet after BN recalibration on training images."""
+    import json
+
+    from onceforall.train.evaluation_cli import evaluate_subnet
+
+    with user_errors():
+        result = evaluate_subnet(supernet, arch, data or None, root, resolution, device)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(
+            f"{result['arch_name']} subnet at {result['image_size']} px: top-1 {result['top1']:.2f} % "
+            f"(loss {result['loss']:.4f}) on {result['images']} {result['dataset']} test images; "
+            f"{result['macs'] / 1e6:.1f}M MACs, {result['params'] / 1e6:.2f}M params"
+        )
+
+
+@contextmanager
+def user_errors():
+    """Print onceforall's own errors as one clear line and exit 2, instead of a traceback."""
+    try:
+        yield
+    except OFAError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None

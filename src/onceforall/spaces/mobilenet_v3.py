@@ -153,6 +153,19 @@ class OFAMobileNetV3(nn.Module):
         set_bn_param(self, *bn_param)
         self.runtime_depth = [len(group) for group in self.block_group_info]
         self._space: SearchSpace | None = None
+        self.build_args = {
+            "n_classes": n_classes,
+            "bn_param": list(bn_param),
+            "dropout_rate": dropout_rate,
+            "width_mult": width_mult,
+            "ks_list": self.ks_list,
+            "expand_ratio_list": self.expand_ratio_list,
+            "depth_list": self.depth_list,
+            "in_channels": in_channels,
+            "first_stride": first_stride,
+            "stage_strides": list(self.stage_strides),
+            "resolutions": list(self.resolutions),
+        }
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""Accuracy of a subnet: extract it, recalibrate its BN statistics, score it on held-out images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from onceforall.arch import Arch
+from onceforall.train.bn import set_running_statistics
+from onceforall.train.distributed import World, all_reduce_sum
+
+Loader = Callable[[int], object]  # resolution -> an iterable of (images, labels)
+SINGLE = World()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches, world: World = SINGLE) -> tuple[float, float]:
+    """Top-1 accuracy (%) and mean cross-entropy over `batches`, summed across ranks."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    for images, labels in batches:
+        if len(labels) == 0:
+            continue
+        logits = model(images).float()
+        totals[0] += (logits.argmax(1) == labels).sum().item()
+        totals[1] += F.cross_entropy(logits, labels, reduction="sum").item()
+        totals[2] += len(labels)
+    all_reduce_sum(totals, world)
+    if totals[2] == 0:
+        raise ValueError("no images to evaluate on")
+    return (100 * totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
+
+class SubnetEvaluator:
+    """Scores archs of a supernet: BN recalibrated on cached training batches, accuracy on `eval_loader`.
+
+    `calibration_loader(r)` gives image batches and `eval_loader(r)` (images, labels) batches at
+    resolution r; the calibration batches are kept per resolution and reused (as the original does).
+    """
+
+    def __init__(
+        self, net: nn.Module, calibration_loader: Loader, eval_loader: Loader, world: World = SINGLE
+    ):
+        self.net, self.calibration_loader, self.eval_loader, self.world = (
+            net,
+            calibration_loader,
+            eval_loader,
+            world,
+        )
+        self._calibration: dict[int, list[torch.Tensor]] = {}
+
+    def calibration_batches(self, resolution: int) -> list[torch.Tensor]:
+        if resolution not in self._calibration:
+            self._calibration[resolution] = list(self.calibration_loader(resolution))
+        return self._calibration[resolution]
+
+    def subnet(self, arch: Arch) -> nn.Module:
+        """The extracted subnet of `arch` with recalibrated BN statistics, in eval mode."""
+        self.net.set_arch(arch)
+        subnet = self.net.get_active_subnet().to(memory_format=torch.channels_last)
+        set_running_statistics(subnet, self.calibration_batches(arch.image_size))
+        return subnet.eval()
+
+    def __call__(self, arch: Arch) -> tuple[float, float]:
+        """(top-1 %, loss) of `arch` at its resolution."""
+        return accuracy(self.subnet(arch), self.eval_loader(arch.image_size), self.world)

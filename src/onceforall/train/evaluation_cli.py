@@ -1,0 +1,92 @@
+"""`ofa eval`: load a supernet, pick a subnet, recalibrate BN, score it on the test split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from onceforall.arch import Arch
+from onceforall.data import load_dataset
+from onceforall.errors import ArchError, CheckpointError
+from onceforall.specialize import count_macs, count_params
+from onceforall.train.checkpoint import load_supernet
+from onceforall.train.data import calibration_batches, make_loader, splits
+from onceforall.train.evaluate import SubnetEvaluator
+
+
+def resolve_supernet(name: str):
+    """A supernet file, or a zoo id with shipped weights."""
+    if Path(name).is_file():
+        return load_supernet(name)
+    from onceforall import zoo
+
+    if name in getattr(zoo, "PRETRAINED", {}):
+        return load_supernet(zoo.pretrained_path(name))
+    raise CheckpointError(f"{name} is neither a supernet file nor a zoo id with shipped weights")
+
+
+def pick_arch(net, choice: str, resolution: int | None) -> Arch:
+    space = net.search_space()
+    size = resolution or max(space.resolutions)
+    if choice in ("max", "min"):
+        arch = space.max_arch(size) if choice == "max" else space.min_arch(size)
+    else:
+        arch = Arch.from_json(choice, space=space.name)
+        if resolution is not None:
+            arch = Arch(**{**arch.__dict__, "image_size": resolution})
+    if arch.image_size not in space.resolutions:
+        raise ArchError(f"resolution {arch.image_size} is not one of the supernet's {space.resolutions}")
+    return space.validate(arch)
+
+
+def evaluate_subnet(
+    supernet: str,
+    arch_choice: str,
+    data: str | None,
+    root: str | None,
+    resolution: int | None,
+    device: str | None,
+) -> dict[str, Any]:
+    net, saved = resolve_supernet(supernet)
+    recipe = saved.get("recipe") or {}
+    data_cfg = recipe.get("data", {})
+    name = data or data_cfg.get("name")
+    if name is None:
+        raise CheckpointError("the supernet file names no dataset; pass --data")
+    info = load_dataset(name, root or (data_cfg.get("root") if data is None else None))
+    if info.n_classes != net.n_classes or info.in_channels != net.in_channels:
+        raise CheckpointError(
+            f"{name} has {info.n_classes} classes and {info.in_channels} channels; the supernet expects "
+            f"{net.n_classes} and {net.in_channels}"
+        )
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net.to(dev, memory_format=torch.channels_last)
+    arch = pick_arch(net, arch_choice, resolution)
+    train, _, test = splits(info, data_cfg.get("holdout", 0), data_cfg.get("limit"))
+    crop_scale = data_cfg.get("crop_scale", [0.08, 1.0])
+    n_images, batch = recipe.get("bn_calibration_images", 2000), recipe.get("bn_calibration_batch", 200)
+
+    def calibration(r: int):
+        return calibration_batches(train, info, r, n_images, batch, crop_scale, dev)
+
+    def test_batches(r: int):
+        return make_loader(
+            test, info, 500, train=False, resolutions=[r], device=dev, memory_format=torch.channels_last
+        )
+
+    top1, loss = SubnetEvaluator(net, calibration, test_batches)(arch)
+    space = net.search_space()
+    return {
+        "supernet": supernet,
+        "dataset": info.name,
+        "arch_name": arch_choice if arch_choice in ("max", "min") else Path(arch_choice).name,
+        "arch": arch.to_dict(),
+        "image_size": arch.image_size,
+        "top1": top1,
+        "loss": loss,
+        "images": len(test[1]) if isinstance(test, tuple) else len(test),
+        "macs": int(count_macs(space, arch).item()),
+        "params": int(count_params(space, arch).item()),
+    }

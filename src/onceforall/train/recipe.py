@@ -1,0 +1,171 @@
+"""Training recipes as data: a supernet, a dataset and a list of progressive-shrinking phases.
+
+A recipe is read from YAML with strict checking: an unknown key or a value of the wrong type is
+a ConfigError naming the key, before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from onceforall.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Arguments of OFAMobileNetV3 (in_channels and n_classes come from the data)."""
+
+    width_mult: float = 1.0
+    ks_list: list[int] = field(default_factory=lambda: [3, 5, 7])
+    expand_ratio_list: list[float] = field(default_factory=lambda: [3, 4, 6])
+    depth_list: list[int] = field(default_factory=lambda: [2, 3, 4])
+    first_stride: int = 2
+    stage_strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 2])
+    dropout_rate: float = 0.1
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how much of its training split is held out, and how it is augmented."""
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    limit: int | None = None
+    holdout: int = 10000
+    resolutions: list[int] = field(default_factory=lambda: [128, 160, 192, 224])
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    flip: bool = True
+    batch_size: int = 256
+    eval_batch_size: int = 500
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of progressive shrinking: which choices are elastic, for how long, how fast."""
+
+    name: str
+    epochs: int
+    lr: float
+    warmup_epochs: int = 0
+    warmup_lr: float | None = None
+    subnets_per_step: int = 1
+    ks: list[int] | None = None
+    expand: list[float] | None = None
+    depth: list[int] | None = None
+    sort_channels: int | None = None
+    distill: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything one `ofa train` run needs."""
+
+    phases: list[Phase]
+    net: NetConfig = field(default_factory=NetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    kd_ratio: float = 1.0
+    bn_calibration_images: int = 2000
+    bn_calibration_batch: int = 200
+    validate_every: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    tensorboard: bool = False
+    no_progressive_shrinking: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    """Convert `value` to the annotated type, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _check(value, next(o for o in options if o is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, key: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key or 'the recipe'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {key}" if key else ""
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {unknown}{where}; allowed: {sorted(names)}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{key or 'the recipe'} is missing required key(s) {missing}")
+    prefix = f"{key}." if key else ""
+    return cls(**{name: _check(value, hints[name], prefix + name) for name, value in data.items()})
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    recipe = _build(Recipe, data, "")
+    if not recipe.phases:
+        raise ConfigError("phases is empty; a recipe needs at least one phase")
+    for i, phase in enumerate(recipe.phases):
+        if phase.epochs < 0 or phase.warmup_epochs < 0 or phase.subnets_per_step < 1 or phase.lr <= 0:
+            raise ConfigError(
+                f"phases[{i}] ({phase.name}): epochs >= 0, subnets_per_step >= 1 and lr > 0 required"
+            )
+        for name, allowed in (
+            ("ks", recipe.net.ks_list),
+            ("expand", recipe.net.expand_ratio_list),
+            ("depth", recipe.net.depth_list),
+        ):
+            chosen = getattr(phase, name)
+            if chosen is not None and not set(chosen) <= set(allowed):
+                raise ConfigError(
+                    f"phases[{i}].{name} = {chosen} is not a subset of the net's choices {allowed}"
+                )
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a YAML recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist; see configs/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    return recipe_from_dict(data or {})

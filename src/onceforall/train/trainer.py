@@ -1,0 +1,402 @@
+"""Progressive shrinking: one command runs every phase, each starting from the previous one's weights.
+
+Everything random is a function of (seed, phase, epoch, batch, subnet index) or of RNG states in the
+checkpoint, so a run killed at any point and resumed ends with exactly the weights of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from onceforall.arch import Arch
+from onceforall.data.loader import mix_seed
+from onceforall.errors import ConfigError, OFAError
+from onceforall.io import save_atomic
+from onceforall.spaces.mobilenet_v3 import OFAMobileNetV3
+from onceforall.train import checkpoint
+from onceforall.train.data import run_data
+from onceforall.train.distributed import all_reduce_sum, average_gradients, barrier, init_world
+from onceforall.train.evaluate import SubnetEvaluator
+from onceforall.train.recipe import Phase, Recipe
+from onceforall.train.schedule import learning_rate
+
+
+class TrainingDiverged(OFAError):
+    """The loss became NaN or infinite."""
+
+
+def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> OFAMobileNetV3:
+    net = recipe.net
+    return OFAMobileNetV3(
+        n_classes=n_classes,
+        bn_param=(net.bn_momentum, net.bn_eps),
+        dropout_rate=net.dropout_rate,
+        width_mult=net.width_mult,
+        ks_list=net.ks_list,
+        expand_ratio_list=net.expand_ratio_list,
+        depth_list=net.depth_list,
+        in_channels=in_channels,
+        first_stride=net.first_stride,
+        stage_strides=net.stage_strides,
+        resolutions=recipe.data.resolutions,
+    )
+
+
+def effective_phases(recipe: Recipe) -> list[Phase]:
+    """The phases to run; with `no_progressive_shrinking`, everything after the first is one elastic phase."""
+    phases = list(recipe.phases)
+    if not recipe.no_progressive_shrinking or len(phases) < 2:
+        return phases
+    rest = phases[1:]
+    merged = replace(
+        rest[-1],
+        name="all-elastic",
+        epochs=sum(p.epochs for p in rest),
+        warmup_epochs=rest[0].warmup_epochs,
+        subnets_per_step=max(p.subnets_per_step for p in rest),
+        ks=recipe.net.ks_list,
+        expand=recipe.net.expand_ratio_list,
+        depth=recipe.net.depth_list,
+        sort_channels=None,
+    )
+    return [phases[0], merged]
+
+
+def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on everything but BN and biases (by name, as the original; kernel matrices are decayed)."""
+    decay, no_decay = [], []
+    for name, param in net.named_parameters():
+        (no_decay if "bn" in name or "bias" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Position:
+    """Where a run is: the next (phase, epoch, batch) to train, and the phase's step counter."""
+
+    phase: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+class Trainer:
+    """Runs a recipe in `out`: checkpoints, per-phase supernets, a JSONL log and a final `supernet.pt`."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        micro_batches: int = 1,
+    ):
+        self.recipe, self.out = recipe, Path(out)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.world = init_world(self.device)
+        self.console = Console(quiet=not (progress and self.world.is_main))
+        self.micro_batches = micro_batches
+        self._resumed_optimizer: dict[str, Any] | None = None
+        self.phases = effective_phases(recipe)
+        if recipe.data.batch_size % (self.world.size * micro_batches):
+            raise ConfigError(
+                f"data.batch_size {recipe.data.batch_size} must divide by ranks x micro-batches "
+                f"({self.world.size} x {micro_batches})"
+            )
+        self.data = run_data(
+            recipe.data,
+            recipe.seed,
+            recipe.bn_calibration_images,
+            recipe.bn_calibration_batch,
+            self.world,
+            self.device,
+        )
+        self.loader = self.data.train
+        torch.manual_seed(recipe.seed)  # the same initial weights on every rank and in every run
+        self.net = build_supernet(recipe, self.data.info.n_classes, self.data.info.in_channels)
+        self.net.to(self.device, memory_format=torch.channels_last)
+        self.teacher: nn.Module | None = None
+        self.position = Position()
+        self.history: list[dict[str, Any]] = []
+        state_path = self.out / "checkpoint.pt"
+        if resume and state_path.is_file():
+            self._load_state(state_path)
+        elif not resume and state_path.is_file():
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ state
+    def _state(self, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+        return {
+            "format": checkpoint.STATE_FORMAT,
+            "recipe": self.recipe.to_dict(),
+            "position": vars(self.position).copy(),
+            "model": self.net.state_dict(),
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+            "history": self.history,
+        }
+
+    def _save_state(self, optimizer: torch.optim.Optimizer | None) -> None:
+        if self.world.is_main:
+            save_atomic(self._state(optimizer), self.out / "checkpoint.pt")
+        barrier(self.world)
+
+    def _load_state(self, path: Path) -> None:
+        state = checkpoint.read(path)
+        if state.get("format") != checkpoint.STATE_FORMAT:
+            raise ConfigError(f"{path} is not a training state written by `ofa train`")
+        if state["recipe"] != self.recipe.to_dict():
+            changed = sorted(k for k in state["recipe"] if state["recipe"][k] != self.recipe.to_dict().get(k))
+            raise ConfigError(
+                f"the recipe changed since {path} was written (keys {changed}); resume with the same recipe"
+            )
+        self.net.load_state_dict(state["model"])
+        self.position = Position(**state["position"])
+        self.history = list(state["history"])
+        if state["teacher"] is not None:
+            self.teacher = self._make_teacher(state["teacher"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        self._resumed_optimizer = state["optimizer"]
+
+    def _make_teacher(self, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A frozen copy of the max subnet; train-mode BN (batch statistics) that never updates its buffers."""
+        self.net.set_max_net()
+        teacher = self.net.get_active_subnet().to(self.device, memory_format=torch.channels_last)
+        if state_dict is not None:
+            teacher.load_state_dict(state_dict)
+        for module in teacher.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.0
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+        return teacher.requires_grad_(False).train()
+
+    # ------------------------------------------------------------------ sampling
+    def _choices(self, phase: Phase) -> tuple[list[int], list[float], list[int]]:
+        net = self.net
+        return (
+            phase.ks or [net.ks_list[-1]],
+            phase.expand or [net.expand_ratio_list[-1]],
+            phase.depth or [net.depth_list[-1]],
+        )
+
+    def _sample(self, phase_index: int, step: int, k: int) -> dict[str, list]:
+        """The k-th subnet of a step: uniform over the phase's choices, a pure function of its indices."""
+        rng = random.Random(mix_seed(self.recipe.seed, phase_index, step, k))
+        ks, es, ds = self._choices(self.phases[phase_index])
+        n_blocks, n_stages = len(self.net.dynamic_blocks), len(self.net.block_group_info)
+        return {
+            "ks": [rng.choice(ks) for _ in range(n_blocks)],
+            "e": [rng.choice(es) for _ in range(n_blocks)],
+            "d": [rng.choice(ds) for _ in range(n_stages)],
+        }
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Path:
+        """Train every remaining phase; returns the path of the final supernet."""
+        while self.position.phase < len(self.phases):
+            self._run_phase(self.position.phase)
+            self.position = Position(phase=self.position.phase + 1)
+            self._resumed_optimizer = None
+            self._save_state(None)
+        final = self.out / "supernet.pt"
+        if self.world.is_main:
+            checkpoint.save_supernet(self.net, final, recipe=self.recipe.to_dict(), history=self.history)
+        return final
+
+    def _run_phase(self, index: int) -> None:
+        phase, recipe, pos = self.phases[index], self.recipe, self.position
+        starting = pos.epoch == 0 and pos.batch == 0 and self._resumed_optimizer is None
+        if starting and phase.sort_channels is not None:
+            self.net.re_organize_middle_weights(phase.sort_channels)
+        if phase.distill and self.teacher is None:
+            self.teacher = self._make_teacher()
+        optimizer = torch.optim.SGD(
+            parameter_groups(self.net, recipe.weight_decay),
+            lr=phase.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+        )
+        if self._resumed_optimizer is not None:
+            optimizer.load_state_dict(self._resumed_optimizer)
+        total_epochs, n_batches = phase.warmup_epochs + phase.epochs, len(self.loader)
+        self._log({"event": "phase_start", "phase": phase.name, "epochs": total_epochs, "batches": n_batches})
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        with progress:
+            task = progress.add_task(phase.name, total=total_epochs * n_batches, completed=pos.step, info="")
+            for epoch in range(pos.epoch, total_epochs):
+                self.loader.set_epoch(epoch, pos.batch)
+                seen, loss_sum, started = 0, 0.0, time.perf_counter()
+                for batch, (images, labels) in enumerate(self.loader, start=pos.batch):
+                    lr = learning_rate(
+                        pos.step, n_batches, phase.epochs, phase.lr, phase.warmup_epochs, phase.warmup_lr
+                    )
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss = self._step(index, phase, images, labels, optimizer)
+                    pos.step, pos.batch = pos.step + 1, batch + 1
+                    seen, loss_sum = seen + len(labels) * self.world.size, loss_sum + loss
+                    speed = seen / (time.perf_counter() - started)
+                    progress.update(
+                        task,
+                        advance=1,
+                        info=f"epoch {epoch + 1}/{total_epochs} loss {loss:.3f} {speed:.0f} img/s",
+                    )
+                    if pos.step % recipe.log_every == 0:
+                        self._log(
+                            {
+                                "event": "step",
+                                "phase": phase.name,
+                                "epoch": epoch,
+                                "step": pos.step,
+                                "loss": loss,
+                                "lr": lr,
+                                "images_per_s": speed,
+                            }
+                        )
+                    if pos.step % recipe.checkpoint_every == 0 and pos.batch < n_batches:
+                        self._save_state(optimizer)
+                pos.epoch, pos.batch = epoch + 1, 0
+                self._log(
+                    {
+                        "event": "epoch",
+                        "phase": phase.name,
+                        "epoch": epoch,
+                        "loss": loss_sum / max(1, n_batches),
+                    }
+                )
+                if (
+                    recipe.validate_every
+                    and (epoch + 1) % recipe.validate_every == 0
+                    and epoch + 1 < total_epochs
+                ):
+                    self.validate(index)
+                self._save_state(optimizer)
+        results = self.validate(index)
+        if self.world.is_main:
+            checkpoint.save_supernet(self.net, self.out / f"phase{index}_{phase.name}.pt", validation=results)
+
+    def _step(self, index: int, phase: Phase, images, labels, optimizer) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        m = self.micro_batches
+        chunks = [(images[i::m], labels[i::m]) for i in range(m)]
+        distill = phase.distill and self.recipe.kd_ratio > 0
+        with torch.no_grad(), amp:
+            soft = [F.softmax(self.teacher(x).float(), dim=1) if distill else None for x, _ in chunks]
+        total = 0.0
+        for k in range(phase.subnets_per_step):
+            self.net.set_active_subnet(**self._sample(index, self.position.step, k))
+            for (x, y), target in zip(chunks, soft):
+                with amp:
+                    logits = self.net(x).float()
+                loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+                if target is not None:
+                    loss = loss + self.recipe.kd_ratio * F.cross_entropy(logits, target)
+                (loss / m).backward()
+                total += loss.item() / m
+        value = torch.tensor([total / phase.subnets_per_step], dtype=torch.float64)
+        all_reduce_sum(value, self.world)
+        value = value.item() / self.world.size
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} in phase '{phase.name}' at step {self.position.step}; "
+                f"the last good state is {self.out / 'checkpoint.pt'}. Lower the learning rate and resume."
+            )
+        average_gradients(list(self.net.parameters()), self.world)
+        optimizer.step()
+        return value
+
+    # ------------------------------------------------------------------ validation
+    def corner_archs(self, index: int):
+        """The validation grid: {min, max} of each elastic choice of the phase x {min, max} resolution."""
+        ks, es, ds = self._choices(self.phases[index])
+        space, resolutions = self.net.search_space(), self.recipe.data.resolutions
+        archs = []
+        for r in sorted({min(resolutions), max(resolutions)}):
+            for d in sorted({min(ds), max(ds)}):
+                for e in sorted({min(es), max(es)}):
+                    for k in sorted({min(ks), max(ks)}):
+                        n_blocks = len(self.net.dynamic_blocks)
+                        n_stages = len(self.net.block_group_info)
+                        arch = Arch(space.name, r, d=(d,) * n_stages, e=(e,) * n_blocks, ks=(k,) * n_blocks)
+                        archs.append(space.validate(arch))
+        return archs
+
+    def validate(self, index: int) -> list[dict[str, Any]]:
+        """Holdout accuracy of the corner subnets (BN recalibrated), logged and printed as a table."""
+        evaluator = SubnetEvaluator(self.net, self.data.calibration, self.data.holdout, self.world)
+        rows = []
+        for arch in self.corner_archs(index):
+            top1, loss = evaluator(arch)
+            rows.append(
+                {
+                    "image_size": arch.image_size,
+                    "d": arch.d[0],
+                    "e": arch.e[0],
+                    "ks": arch.ks[0],
+                    "top1": top1,
+                    "loss": loss,
+                }
+            )
+        self.net.set_max_net()
+        phase = self.phases[index].name
+        self._log(
+            {
+                "event": "validate",
+                "phase": phase,
+                "results": rows,
+                "mean_top1": sum(r["top1"] for r in rows) / len(rows),
+            }
+        )
+        table = Table(title=f"phase '{phase}': holdout accuracy of corner subnets (BN recalibrated)")
+        for column in ("R", "D", "E", "K", "top-1 %", "loss"):
+            table.add_column(column, justify="right")
+        for r in rows:
+            table.add_row(
+                str(r["image_size"]),
+                str(r["d"]),
+                f"{r['e']:g}",
+                str(r["ks"]),
+                f"{r['top1']:.2f}",
+                f"{r['loss']:.3f}",
+            )
+        self.console.print(table)
+        return rows
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        if record["event"] in ("validate", "phase_start"):
+            self.history.append(record)
+        if self.world.is_main:
+            with open(self.out / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,296 @@
+"""Progressive shrinking: recipes, schedule, BN recalibration, resume after kill -9, DDP, divergence."""
+
+import copy
+import itertools
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from onceforall import ConfigError, DataError, OFAMobileNetV3
+from onceforall.cli import app
+from onceforall.train import (
+    Trainer,
+    TrainingDiverged,
+    learning_rate,
+    load_recipe,
+    load_supernet,
+    recipe_from_dict,
+    set_running_statistics,
+)
+from onceforall.train.trainer import effective_phases
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_data = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+TINY = {
+    "seed": 0,
+    "net": {"width_mult": 0.25, "first_stride": 1, "stage_strides": [2, 2, 2, 1, 1], "dropout_rate": 0.0},
+    "data": {
+        "name": "fashion-mnist",
+        "limit": 320,
+        "holdout": 64,
+        "resolutions": [16, 20],
+        "crop_scale": [0.35, 1.0],
+        "batch_size": 32,
+        "eval_batch_size": 64,
+    },
+    "bn_calibration_images": 64,
+    "bn_calibration_batch": 32,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "phases": [
+        {"name": "teacher", "epochs": 1, "lr": 0.1, "distill": False},
+        {"name": "kernel", "epochs": 1, "lr": 0.05, "ks": [3, 5, 7]},
+        {
+            "name": "expand",
+            "epochs": 1,
+            "lr": 0.05,
+            "ks": [3, 7],
+            "expand": [4, 6],
+            "depth": [2, 4],
+            "subnets_per_step": 2,
+            "sort_channels": 0,
+        },
+    ],
+}
+
+
+def write_recipe(path: Path, **changes) -> Path:
+    recipe = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        recipe[key] = value
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+# ---------------------------------------------------------------------- recipes and schedule
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochz": 3}, r"unknown key \['epochz'\]"),
+        ({"net": {"width": 1.0}}, r"unknown key \['width'\] in net"),
+        ({"data": {"batch_size": "64"}}, r"data.batch_size must be int, got '64'"),
+        ({"phases": [{"name": "t", "epochs": 1}]}, r"phases\[0\] is missing required key\(s\) \['lr'\]"),
+        (
+            {"phases": [{"name": "t", "epochs": 1, "lr": 0.1, "ks": [9]}]},
+            r"phases\[0\].ks = \[9\] is not a subset",
+        ),
+        ({"phases": []}, "phases is empty"),
+        ({"seed": 1.5}, "seed must be int"),
+    ],
+)
+def test_bad_recipes_name_the_key(change, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict({**copy.deepcopy(TINY), **change})
+
+
+def test_recipe_files_in_configs_are_valid():
+    for path in Path(__file__).resolve().parents[1].glob("configs/*.yaml"):
+        recipe = load_recipe(path)
+        assert recipe.phases[0].distill is False, path
+
+
+def test_missing_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("phases: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
+def test_learning_rate_warmup_then_cosine():
+    lr = [learning_rate(s, 10, epochs=2, lr=1.0, warmup_epochs=1, warmup_lr=0.1) for s in range(30)]
+    assert lr[0] == pytest.approx(0.1 + 0.9 / 10)
+    assert lr[9] == pytest.approx(1.0)
+    assert lr[10] == pytest.approx(1.0)
+    assert lr[20] == pytest.approx(0.5)
+    assert lr[29] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert all(a >= b for a, b in itertools.pairwise(lr[10:]))
+
+
+def test_no_progressive_shrinking_merges_the_elastic_phases():
+    recipe = recipe_from_dict({**copy.deepcopy(TINY), "no_progressive_shrinking": True})
+    phases = effective_phases(recipe)
+    assert [p.name for p in phases] == ["teacher", "all-elastic"]
+    assert phases[1].epochs == 2 and phases[1].ks == [3, 5, 7] and phases[1].depth == [2, 3, 4]
+
+
+# ---------------------------------------------------------------------- BN recalibration
+def test_set_running_statistics_is_the_average_of_batch_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) for i in range(3)]
+    set_running_statistics(model, batches)
+    with torch.no_grad():
+        feats = [model[0](b) for b in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(model[1].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[1].running_var, var, rtol=1e-4)
+    assert model.training and model[1].momentum == 0.1
+
+
+def test_set_running_statistics_on_a_supernet_writes_only_active_channels(mbv3):
+    net = copy.deepcopy(mbv3)
+    net.set_active_subnet(ks=3, e=3, d=2)
+    bn = net.blocks[1].conv.inverted_bottleneck.bn.bn
+    before = bn.running_mean.clone()
+    active = net.blocks[1].conv.active_middle_channel(16)
+    batches = [torch.randn(4, 3, 64, 64) for _ in range(2)]
+    set_running_statistics(net, batches)
+    assert torch.equal(bn.running_mean[active:], before[active:])
+    assert not torch.equal(bn.running_mean[:active], before[:active])
+    subnet = net.get_active_subnet().eval()  # carries the recalibrated statistics
+    fresh = copy.deepcopy(mbv3)
+    fresh.set_active_subnet(ks=3, e=3, d=2)
+    other = fresh.get_active_subnet()
+    set_running_statistics(other, batches)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(subnet(x), other.eval()(x), atol=1e-4)
+
+
+# ---------------------------------------------------------------------- training runs
+@needs_data
+def test_tiny_run_trains_every_phase_and_evaluates(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    result = CliRunner().invoke(app, ["train", "--config", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert {p.name for p in run.glob("phase*.pt")} == {
+        "phase0_teacher.pt",
+        "phase1_kernel.pt",
+        "phase2_expand.pt",
+    }
+    events = [json.loads(line)["event"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert events.count("validate") == 3 and events.count("phase_start") == 3
+    net, saved = load_supernet(run / "supernet.pt")
+    assert net.n_classes == 10 and net.in_channels == 1 and saved["recipe"]["seed"] == 0
+    out = CliRunner().invoke(app, ["eval", "--supernet", str(run / "supernet.pt"), "--arch", "min", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert result["image_size"] == 20 and result["images"] == 10000 and 0 <= result["top1"] <= 100
+    again = CliRunner().invoke(app, ["train", "--config", str(recipe), "--out", str(run)])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "onceforall", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@needs_data
+def test_kill_9_and_resume_ends_with_identical_weights(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", checkpoint_every=1)
+    full = run_cli("train", "--config", str(recipe), "--out", str(tmp_path / "full"))
+    assert full.wait(timeout=300) == 0, full.stderr.read().decode()
+
+    killed = run_cli("train", "--config", str(recipe), "--out", str(tmp_path / "killed"))
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or '"phase": "kernel"' not in log.read_text()):
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "supernet.pt").exists(), "killed too late"
+    resumed = run_cli("train", "--config", str(recipe), "--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+
+    expected, got = state_of(tmp_path / "full" / "supernet.pt"), state_of(tmp_path / "killed" / "supernet.pt")
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_data
+def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+    # Two steps: the all-reduce rounds differently from one process, and in so tiny a net (2x2 px at the
+    # end) such differences grow a thousandfold a step, so a long run would test chaos, not arithmetic.
+    phases = [
+        {"name": "kernel", "epochs": 1, "lr": 0.01, "ks": [3, 5, 7], "subnets_per_step": 2, "distill": False}
+    ]
+    data = {**TINY["data"], "limit": 96, "holdout": 32}
+    recipe = write_recipe(tmp_path / "r.yaml", phases=phases, data=data)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    script = (
+        "import sys; from onceforall.train import Trainer, load_recipe; "
+        "Trainer(load_recipe(sys.argv[1]), sys.argv[2], progress=False, device='cpu', "
+        "micro_batches=int(sys.argv[3])).run()"
+    )
+
+    def launch(out: str, micro_batches: int, **extra: str) -> subprocess.Popen:
+        args = [sys.executable, "-c", script, str(recipe), str(tmp_path / out), str(micro_batches)]
+        return subprocess.Popen(args, env={**env, **extra}, stderr=subprocess.PIPE)
+
+    # One process with the same global batch forwards each half separately: rank-local BN statistics.
+    runs = [launch("ddp", 1, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2") for r in range(2)]
+    runs.append(launch("single", 2))
+    for p in runs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    expected, got = state_of(tmp_path / "single" / "supernet.pt"), state_of(tmp_path / "ddp" / "supernet.pt")
+    params = dict(
+        OFAMobileNetV3(**load_supernet(tmp_path / "ddp" / "supernet.pt")[1]["build_args"]).named_parameters()
+    )
+    for key in params:
+        assert torch.allclose(expected[key], got[key], atol=1e-5, rtol=1e-4), key
+
+
+@needs_data
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    recipe = recipe_from_dict({**copy.deepcopy(TINY), "checkpoint_every": 1})
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    original = Trainer._step
+
+    def poisoned(self, index, phase, images, labels, optimizer):
+        if self.position.step == 3:
+            with torch.no_grad():
+                self.net.first_conv.conv.weight.fill_(float("nan"))
+        return original(self, index, phase, images, labels, optimizer)
+
+    monkeypatch.setattr(Trainer, "_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan in phase 'teacher' at step 3"):
+        trainer.run()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["position"]["step"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+@needs_data
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    recipe = recipe_from_dict(copy.deepcopy(TINY))
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    trainer._save_state(None)
+    changed = recipe_from_dict({**copy.deepcopy(TINY), "seed": 1})
+    with pytest.raises(ConfigError, match=r"recipe changed .*\['seed'\]"):
+        Trainer(changed, tmp_path / "run", resume=True, progress=False)
+
+
+def test_missing_dataset_folder_says_how_to_install(tmp_path):
+    data = {**TINY["data"], "root": str(tmp_path / "nowhere")}
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        Trainer(recipe_from_dict({**copy.deepcopy(TINY), "data": data}), tmp_path / "run", progress=False)
