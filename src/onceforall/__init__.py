@@ -2,7 +2,14 @@
 
 from onceforall.arch import Arch, SearchSpace
 from onceforall.errors import ArchError, CheckpointError, ConfigError, DataError, OFAError
-from onceforall.spaces import MobileNetV3, OFAMobileNetV3
+from onceforall.spaces import (
+    MobileNetV3,
+    OFAMobileNetV3,
+    OFAProxylessNASNets,
+    OFAResNets,
+    ProxylessNASNets,
+    ResNets,
+)
 
 __version__ = "0.1.0"
 
@@ -15,5 +22,9 @@ __all__ = [
     "MobileNetV3",
     "OFAError",
     "OFAMobileNetV3",
+    "OFAProxylessNASNets",
+    "OFAResNets",
+    "ProxylessNASNets",
+    "ResNets",
     "SearchSpace",
 ]

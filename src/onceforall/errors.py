@@ -19,3 +19,19 @@ class DataError(OFAError):
 
 class ConfigError(OFAError):
     """A configuration file or value is malformed."""
+
+
+class LatencyTableError(OFAError):
+    """A latency table is malformed, incomplete, or was measured on another backend or device."""
+
+
+class PredictorError(OFAError):
+    """An accuracy predictor or dataset does not fit the space it is used with."""
+
+
+class SearchError(OFAError):
+    """A search cannot run as asked (e.g. no subnet meets the budget)."""
+
+
+class ExportError(OFAError):
+    """An exported model does not reproduce the PyTorch model."""

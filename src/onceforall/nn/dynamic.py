@@ -13,7 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from onceforall.nn.ops import build_activation, make_divisible, same_padding
-from onceforall.nn.static import MBConvLayer, SEModule
+from onceforall.nn.static import (
+    ConvLayer,
+    IdentityLayer,
+    LinearLayer,
+    MBConvLayer,
+    ResNetBottleneckBlock,
+    SEModule,
+)
 
 
 def center_window(kernel: torch.Tensor, size: int) -> torch.Tensor:
@@ -254,6 +261,235 @@ class DynamicMBConvLayer(nn.Module):
         permute_bn(self.inverted_bottleneck.bn.bn, order)
         ib = self.inverted_bottleneck.conv.conv
         ib.weight.copy_(ib.weight[order])
+
+
+class DynamicLinearLayer(nn.Module):
+    """Classifier with elastic input features, keys `linear.linear.*` (the ResNet supernet's head)."""
+
+    def __init__(
+        self, in_features_list: list[int], out_features: int, bias: bool = True, dropout_rate: float = 0.0
+    ):
+        super().__init__()
+        self.in_features_list, self.out_features = list(in_features_list), out_features
+        self.bias, self.dropout_rate = bias, dropout_rate
+        self.dropout = nn.Dropout(dropout_rate, inplace=True) if dropout_rate > 0 else None
+        self.linear = DynamicLinear(max(self.in_features_list), out_features, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.linear(x)
+
+    def get_active_subnet_config(self, in_features: int) -> dict:
+        return {
+            "name": "LinearLayer",
+            "in_features": in_features,
+            "out_features": self.out_features,
+            "bias": self.bias,
+            "use_bn": False,
+            "act_func": None,
+            "dropout_rate": self.dropout_rate,
+            "ops_order": "weight_bn_act",
+        }
+
+    @torch.no_grad()
+    def get_active_subnet(self, in_features: int, preserve_weight: bool = True) -> LinearLayer:
+        layer = LinearLayer(in_features, self.out_features, self.bias, dropout_rate=self.dropout_rate)
+        if preserve_weight:
+            layer.linear.weight.copy_(self.linear.linear.weight[:, :in_features])
+            if self.bias:
+                layer.linear.bias.copy_(self.linear.linear.bias)
+        return layer
+
+
+class DynamicConvLayer(nn.Module):
+    """Conv -> BN -> act with elastic input and output channels (keys `conv.conv.*`, `bn.bn.*`)."""
+
+    def __init__(
+        self,
+        in_channel_list: list[int],
+        out_channel_list: list[int],
+        kernel_size: int = 3,
+        stride: int = 1,
+        use_bn: bool = True,
+        act_func: str | None = "relu6",
+    ):
+        super().__init__()
+        self.in_channel_list, self.out_channel_list = list(in_channel_list), list(out_channel_list)
+        self.kernel_size, self.stride, self.use_bn, self.act_func = kernel_size, stride, use_bn, act_func
+        max_in, max_out = max(self.in_channel_list), max(self.out_channel_list)
+        self.conv = DynamicConv2d(max_in, max_out, kernel_size, stride)
+        if use_bn:
+            self.bn = DynamicBatchNorm2d(max_out)
+        act = build_activation(act_func)
+        if act is not None:
+            self.act = act
+        self.active_out_channel = max_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv.active_out_channel = self.active_out_channel
+        for module in self.children():
+            x = module(x)
+        return x
+
+    def get_active_subnet_config(self, in_channel: int) -> dict:
+        return {
+            "name": "ConvLayer",
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "dilation": 1,
+            "groups": 1,
+            "bias": False,
+            "has_shuffle": False,
+            "use_se": False,
+            "in_channels": in_channel,
+            "out_channels": self.active_out_channel,
+            "use_bn": self.use_bn,
+            "act_func": self.act_func,
+            "dropout_rate": 0,
+            "ops_order": "weight_bn_act",
+        }
+
+    @torch.no_grad()
+    def get_active_subnet(self, in_channel: int, preserve_weight: bool = True) -> ConvLayer:
+        config = self.get_active_subnet_config(in_channel)
+        config.pop("name")
+        layer = ConvLayer(**config)
+        if preserve_weight:
+            copy_conv(layer.conv, self.conv.conv.weight[: self.active_out_channel, :in_channel])
+            if self.use_bn:
+                copy_bn(layer.bn, self.bn.bn)
+        return layer
+
+
+class DynamicResNetBottleneckBlock(nn.Module):
+    """ResNet bottleneck with elastic expand ratio and output width (index into `out_channel_list`).
+
+    Middle width = make_divisible(round(active_out_channel * active_expand_ratio)); the skip is an
+    identity when stride is 1 and the in/out width lists are equal, else a (pooled) 1x1 projection.
+    """
+
+    def __init__(
+        self,
+        in_channel_list: list[int],
+        out_channel_list: list[int],
+        expand_ratio_list: list[float],
+        kernel_size: int = 3,
+        stride: int = 1,
+        act_func: str = "relu",
+        downsample_mode: str = "avgpool_conv",
+    ):
+        super().__init__()
+        if downsample_mode not in ("avgpool_conv", "conv"):
+            raise ValueError(f"downsample_mode must be 'avgpool_conv' or 'conv', got {downsample_mode!r}")
+        self.in_channel_list, self.out_channel_list = list(in_channel_list), list(out_channel_list)
+        self.expand_ratio_list = sorted(expand_ratio_list)
+        self.kernel_size, self.stride = kernel_size, stride
+        self.act_func, self.downsample_mode = act_func, downsample_mode
+        max_in, max_out = max(self.in_channel_list), max(self.out_channel_list)
+        max_mid = make_divisible(round(max_out * self.expand_ratio_list[-1]))
+        self.conv1 = _dynamic_conv_bn(max_in, max_mid, 1, 1, act_func)
+        self.conv2 = _dynamic_conv_bn(max_mid, max_mid, kernel_size, stride, act_func)
+        self.conv3 = _dynamic_conv_bn(max_mid, max_out, 1, 1, None)
+        if stride == 1 and self.in_channel_list == self.out_channel_list:
+            self.downsample: nn.Module = IdentityLayer(max_in, max_out)
+        elif downsample_mode == "conv":
+            self.downsample = nn.Sequential(
+                OrderedDict(conv=DynamicConv2d(max_in, max_out, 1, stride), bn=DynamicBatchNorm2d(max_out))
+            )
+        else:
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    avg_pool=nn.AvgPool2d(stride, stride, 0, ceil_mode=True),
+                    conv=DynamicConv2d(max_in, max_out),
+                    bn=DynamicBatchNorm2d(max_out),
+                )
+            )
+        self.final_act = build_activation(act_func)
+        self.active_expand_ratio = self.expand_ratio_list[-1]
+        self.active_out_channel = max_out
+
+    @property
+    def active_middle_channels(self) -> int:
+        return make_divisible(round(self.active_out_channel * self.active_expand_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = self.active_middle_channels
+        self.conv1.conv.active_out_channel = self.conv2.conv.active_out_channel = mid
+        self.conv3.conv.active_out_channel = self.active_out_channel
+        if not isinstance(self.downsample, IdentityLayer):
+            self.downsample.conv.active_out_channel = self.active_out_channel
+        residual = self.downsample(x)
+        return self.final_act(self.conv3(self.conv2(self.conv1(x))) + residual)
+
+    def get_active_subnet_config(self, in_channel: int) -> dict:
+        return {
+            "name": "ResNetBottleneckBlock",
+            "in_channels": in_channel,
+            "out_channels": self.active_out_channel,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "expand_ratio": self.active_expand_ratio,
+            "mid_channels": self.active_middle_channels,
+            "act_func": self.act_func,
+            "groups": 1,
+            "downsample_mode": self.downsample_mode,
+        }
+
+    @torch.no_grad()
+    def get_active_subnet(self, in_channel: int, preserve_weight: bool = True) -> ResNetBottleneckBlock:
+        config = self.get_active_subnet_config(in_channel)
+        config.pop("name")
+        block = ResNetBottleneckBlock(**config)
+        if not preserve_weight:
+            return block
+        mid, out = self.active_middle_channels, self.active_out_channel
+        for dst, src, n_out, n_in in (
+            (block.conv1, self.conv1, mid, in_channel),
+            (block.conv2, self.conv2, mid, mid),
+            (block.conv3, self.conv3, out, mid),
+        ):
+            copy_conv(dst.conv, src.conv.conv.weight[:n_out, :n_in])
+            copy_bn(dst.bn, src.bn.bn)
+        if not isinstance(self.downsample, IdentityLayer):
+            copy_conv(block.downsample.conv, self.downsample.conv.conv.weight[:out, :in_channel])
+            copy_bn(block.downsample.bn, self.downsample.bn.bn)
+        return block
+
+    @torch.no_grad()
+    def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
+        """Sort the middle channels by importance: conv3's inputs order conv2, then conv2's order conv1."""
+        max_out = max(self.out_channel_list)
+        for src, dst in ((self.conv3, self.conv2), (self.conv2, self.conv1)):
+            importance = src.conv.conv.weight.abs().sum(dim=(0, 2, 3))
+            order = _protected_order(importance, self.expand_ratio_list, max_out, expand_ratio_stage)
+            src.conv.conv.weight.copy_(src.conv.conv.weight[:, order])
+            permute_bn(dst.bn.bn, order)
+            dst.conv.conv.weight.copy_(dst.conv.conv.weight[order])
+
+
+def _dynamic_conv_bn(cin: int, cout: int, kernel: int, stride: int, act: str | None) -> nn.Sequential:
+    layers: OrderedDict[str, nn.Module] = OrderedDict(
+        conv=DynamicConv2d(cin, cout, kernel, stride), bn=DynamicBatchNorm2d(cout)
+    )
+    if act is not None:
+        layers["act"] = build_activation(act)
+    return nn.Sequential(layers)
+
+
+def _protected_order(
+    importance: torch.Tensor, ratios: list[float], base_width: int, stage: int
+) -> torch.Tensor:
+    """Channel order by descending importance; at stage > 0 narrower trained widths stay in front."""
+    importance = importance.clone()
+    if stage > 0:
+        targets = [make_divisible(round(base_width * e)) for e in sorted(ratios, reverse=True)]
+        offset, right = -len(targets) * 1e5, len(importance)
+        for target in targets[: stage + 1]:
+            importance[target:right] += offset
+            offset += 1e5
+            right = target
+    return torch.argsort(importance, descending=True)
 
 
 def copy_conv(dst: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn as nn
+
 from onceforall.nn.ops import make_divisible, out_size
+from onceforall.nn.static import (
+    ConvLayer,
+    IdentityLayer,
+    LinearLayer,
+    MBConvLayer,
+    ResidualBlock,
+    ResNetBottleneckBlock,
+)
 
 
 @dataclass(frozen=True)
@@ -16,7 +27,8 @@ class LayerSpec:
     """One layer of an extracted subnet at a given input size.
 
     op: "conv" (conv+optional BN+act), "mbconv", "pool" (global average), "linear",
-    "bottleneck" (ResNet), "maxpool".
+    "bottleneck" (ResNet: 1x1 in_size, kxk stride, 1x1, plus a 1x1 downsample unless `shortcut`),
+    "maxpool". `shortcut` marks an identity skip (its add is not counted).
     """
 
     op: str
@@ -56,6 +68,11 @@ class LayerSpec:
             width = self.width
             expand = cin * self.mid_channels * self.in_size**2
             return expand + width * k * k * h * h + 2 * width * self.se_channels + width * cout * h * h
+        if self.op == "bottleneck":
+            mid = self.mid_channels
+            downsample = 0 if self.shortcut else cin * cout * h * h
+            middle = mid * mid * k * k * h * h // self.groups
+            return cin * mid * self.in_size**2 + middle + mid * cout * h * h + downsample
         if self.op == "linear":
             return cin * cout
         if self.op in ("pool", "maxpool"):
@@ -73,8 +90,47 @@ class LayerSpec:
             expand = cin * mid + 2 * mid
             se = width * s + s + s * width + width if self.use_se else 0
             return expand + width * k * k + 2 * width + se + width * cout + 2 * cout
+        if self.op == "bottleneck":
+            downsample = 0 if self.shortcut else cin * cout + 2 * cout
+            return cin * mid + mid * mid * k * k // self.groups + 4 * mid + mid * cout + 2 * cout + downsample
         if self.op == "linear":
             return cin * cout + cout * self.bias
         if self.op in ("pool", "maxpool"):
             return 0
         raise ValueError(f"unknown op {self.op!r}")
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        """Shape of the tensor the layer takes: [N, C] for "linear", else [N, C, H, W]."""
+        if self.op == "linear":
+            return (batch, self.in_channels)
+        return (batch, self.in_channels, self.in_size, self.in_size)
+
+    def build(self) -> nn.Module:
+        """The static layer this spec describes, with fresh weights, as an extracted subnet holds it."""
+        cin, cout, k, s = self.in_channels, self.out_channels, self.kernel_size, self.stride
+        if self.op == "conv":
+            layer = ConvLayer(
+                cin, cout, k, s, groups=self.groups, bias=self.bias, use_bn=self.use_bn, act_func=self.act
+            )
+            return ResidualBlock(layer, IdentityLayer(cin, cin)) if self.shortcut else layer
+        if self.op == "mbconv":
+            ratio = self.mid_channels / cin if self.mid_channels else 1
+            layer = MBConvLayer(cin, cout, k, s, ratio, self.mid_channels or None, self.act, self.use_se)
+            return ResidualBlock(layer, IdentityLayer(cin, cin) if self.shortcut else None)
+        if self.op == "bottleneck":
+            mid, groups = self.mid_channels, self.groups
+            return ResNetBottleneckBlock(cin, cout, k, s, mid_channels=mid, act_func=self.act, groups=groups)
+        if self.op == "linear":
+            return LinearLayer(cin, cout, self.bias)
+        if self.op == "pool":
+            return GlobalAvgPool()
+        if self.op == "maxpool":
+            return nn.MaxPool2d(k, s, k // 2)
+        raise ValueError(f"unknown op {self.op!r}")
+
+
+class GlobalAvgPool(nn.Module):
+    """Global average pooling that keeps the spatial dimensions ([N, C, 1, 1])."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)

@@ -257,12 +257,83 @@ class ResidualBlock(nn.Module):
         }
 
 
+class ResNetBottleneckBlock(nn.Module):
+    """ResNet bottleneck: 1x1 -> kxk (stride here) -> 1x1, plus an identity or projected skip, then act.
+
+    The projection is `avgpool_conv` (ResNet-D: average pool, then a stride-1 1x1 conv) or `conv`
+    (a strided 1x1 conv); the middle width is `make_divisible(mid_channels or round(out * expand))`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        expand_ratio: float = 0.25,
+        mid_channels: int | None = None,
+        act_func: str = "relu",
+        groups: int = 1,
+        downsample_mode: str = "avgpool_conv",
+    ):
+        super().__init__()
+        if downsample_mode not in ("avgpool_conv", "conv"):
+            raise ValueError(f"downsample_mode must be 'avgpool_conv' or 'conv', got {downsample_mode!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.expand_ratio = kernel_size, stride, expand_ratio
+        self.act_func, self.groups, self.downsample_mode = act_func, groups, downsample_mode
+        mid = round(out_channels * expand_ratio) if mid_channels is None else mid_channels
+        self.mid_channels = mid = make_divisible(mid)
+        self.conv1 = _conv_bn(in_channels, mid, 1, 1, 1, act_func)
+        self.conv2 = _conv_bn(mid, mid, kernel_size, stride, groups, act_func)
+        self.conv3 = _conv_bn(mid, out_channels, 1, 1, 1, None)
+        self.downsample = _downsample(in_channels, out_channels, stride, downsample_mode)
+        self.final_act = build_activation(act_func)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.downsample(x)
+        return self.final_act(self.conv3(self.conv2(self.conv1(x))) + residual)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": "ResNetBottleneckBlock",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "expand_ratio": self.expand_ratio,
+            "mid_channels": self.mid_channels,
+            "act_func": self.act_func,
+            "groups": self.groups,
+            "downsample_mode": self.downsample_mode,
+        }
+
+
+def _downsample(cin: int, cout: int, stride: int, mode: str) -> nn.Module:
+    """The skip path of a bottleneck: identity, or a (pooled) 1x1 projection with BN."""
+    if stride == 1 and cin == cout:
+        return IdentityLayer(cin, cout)
+    if mode == "conv":
+        return nn.Sequential(
+            OrderedDict(conv=nn.Conv2d(cin, cout, 1, stride, bias=False), bn=nn.BatchNorm2d(cout))
+        )
+    return nn.Sequential(
+        OrderedDict(
+            avg_pool=nn.AvgPool2d(stride, stride, 0, ceil_mode=True),
+            conv=nn.Conv2d(cin, cout, 1, bias=False),
+            bn=nn.BatchNorm2d(cout),
+        )
+    )
+
+
 LAYERS: dict[str, type[nn.Module]] = {
     "ConvLayer": ConvLayer,
     "IdentityLayer": IdentityLayer,
     "LinearLayer": LinearLayer,
     "MBConvLayer": MBConvLayer,
     "MBInvertedConvLayer": MBConvLayer,
+    "ResNetBottleneckBlock": ResNetBottleneckBlock,
 }
 
 
