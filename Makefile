@@ -32,8 +32,9 @@ datasets:
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
 
+# Passive OpenMP waits: torch's threads sleep instead of spinning when other jobs share the cores.
 test: venv reference datasets
-	$(BIN)/python -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
 
 demo: venv
 	$(BIN)/ofa demo

@@ -35,7 +35,8 @@ def randomize_signal(net: nn.Module, seed: int = 0, size: int = 64) -> nn.Module
     if hasattr(net, "set_max_net"):
         net.set_max_net()
     training = net.training
-    net.train()(torch.randn(4, 3, size, size, generator=g))
+    channels = getattr(net, "in_channels", 3)
+    net.train()(torch.randn(4, channels, size, size, generator=g))
     net.train(training)
     for bn in norms:
         bn.momentum = 0.1

@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from random_init import input_matters, randomize_signal
 from torch.utils.flop_counter import FlopCounterMode
 
 from onceforall import ArchError, CheckpointError, MobileNetV3, OFAError, OFAMobileNetV3
 from onceforall.nn import make_divisible
 from onceforall.spaces.mobilenet_v3 import SMALL_INPUT_FIRST_STRIDE, SMALL_INPUT_STRIDES
 from onceforall.specialize import count_macs, count_params
-
-from conftest import randomize
 
 FULL = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], dropout_rate=0)
 
@@ -25,8 +24,9 @@ def check_parity(net, archs, atol_rel=1e-5):
         x = torch.randn(2, net.in_channels, arch.image_size, arch.image_size)
         with torch.no_grad():
             expected, got = net(x), subnet(x)
+        assert input_matters(expected), "the test network ignores its input"
         scale = expected.abs().max().item()
-        assert (got - expected).abs().max().item() <= atol_rel * max(scale, 1.0), space.name
+        assert (got - expected).abs().max().item() <= atol_rel * scale, space.name
 
 
 def test_extraction_parity_30_random_archs(mbv3):
@@ -43,14 +43,16 @@ def test_extraction_parity_after_channel_sorting(mbv3):
 
 
 def test_channel_sorting_keeps_max_subnet_function(mbv3):
-    net = copy.deepcopy(mbv3)
+    # float64: the permutation only reorders sums, so any difference beyond rounding is a bug
+    net = copy.deepcopy(mbv3).double()
     net.set_max_net()
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64)
     with torch.no_grad():
         before = net(x)
+        assert input_matters(before)
         for stage in (0, 1):
             net.re_organize_middle_weights(stage)
-            assert torch.allclose(net(x), before, atol=1e-4 * before.abs().max().item())
+            assert torch.allclose(net(x), before, rtol=0, atol=1e-9 * before.abs().max().item())
 
 
 def test_channel_sorting_puts_important_channels_first(mbv3):
@@ -83,7 +85,7 @@ def test_small_input_configuration_parity():
         width_mult=0.5,
         **FULL,
     )
-    randomize(net).eval()
+    randomize_signal(net, size=32).eval()
     assert net.total_stride == 8
     space = net.search_space()
     assert space.name.endswith("_in1_s122211")
