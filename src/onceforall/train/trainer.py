@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -33,6 +32,7 @@ from onceforall.train.distributed import all_reduce_sum, average_gradients, barr
 from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.recipe import Phase, Recipe
 from onceforall.train.schedule import learning_rate
+from onceforall.train.step import accumulate_gradients
 
 
 class TrainingDiverged(OFAError):
@@ -307,24 +307,19 @@ class Trainer:
 
     def _step(self, index: int, phase: Phase, images, labels, optimizer) -> float:
         optimizer.zero_grad(set_to_none=True)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        m = self.micro_batches
-        chunks = [(images[i::m], labels[i::m]) for i in range(m)]
-        distill = phase.distill and self.recipe.kd_ratio > 0
-        with torch.no_grad(), amp:
-            soft = [F.softmax(self.teacher(x).float(), dim=1) if distill else None for x, _ in chunks]
-        total = 0.0
-        for k in range(phase.subnets_per_step):
-            self.net.set_active_subnet(**self._sample(index, self.position.step, k))
-            for (x, y), target in zip(chunks, soft):
-                with amp:
-                    logits = self.net(x).float()
-                loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
-                if target is not None:
-                    loss = loss + self.recipe.kd_ratio * F.cross_entropy(logits, target)
-                (loss / m).backward()
-                total += loss.item() / m
-        value = torch.tensor([total / phase.subnets_per_step], dtype=torch.float64)
+        subnets = [self._sample(index, self.position.step, k) for k in range(phase.subnets_per_step)]
+        loss = accumulate_gradients(
+            self.net,
+            self.teacher if phase.distill else None,
+            images,
+            labels,
+            subnets,
+            label_smoothing=self.recipe.label_smoothing,
+            kd_ratio=self.recipe.kd_ratio,
+            micro_batches=self.micro_batches,
+            autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
+        )
+        value = torch.tensor([loss], dtype=torch.float64)
         all_reduce_sum(value, self.world)
         value = value.item() / self.world.size
         if not math.isfinite(value):
