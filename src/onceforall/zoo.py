@@ -36,6 +36,9 @@ SUPERNETS: dict[str, Callable[..., nn.Module]] = {
     ),
 }
 
+# Supernets trained by this project and shipped inside the package (files under onceforall/pretrained/).
+PRETRAINED = {"ofa_mbv3_fashion_mnist": "ofa_mbv3_fashion_mnist.pt"}
+
 NETWORKS: dict[str, type[nn.Module]] = {
     "MobileNetV3": MobileNetV3,
     "ProxylessNASNets": ProxylessNASNets,
@@ -88,12 +91,24 @@ def ofa_net(
     `checkpoint` is a local file (or loaded dict) in the official layout; `n_classes` and other
     keyword arguments go to the constructor (e.g. `resolutions=...`).
     """
+    if net_id in PRETRAINED:
+        from onceforall.train.checkpoint import load_supernet
+
+        return load_supernet(pretrained_path(net_id))[0]
     if net_id not in SUPERNETS:
-        raise OFAError(f"unknown net id {net_id!r}; known ids: {sorted(SUPERNETS)}")
+        raise OFAError(f"unknown net id {net_id!r}; known ids: {sorted(SUPERNETS) + sorted(PRETRAINED)}")
     net = SUPERNETS[net_id](n_classes=n_classes, **{"dropout_rate": 0.0, **kwargs})
     if checkpoint is not None:
         load_official(net, checkpoint)
     return net
+
+
+def pretrained_path(net_id: str) -> Path:
+    """The shipped weights of a project-trained supernet (`PRETRAINED`)."""
+    path = Path(__file__).parent / "pretrained" / PRETRAINED[net_id]
+    if not path.is_file():
+        raise CheckpointError(f"{net_id}: the shipped file {path} is missing; reinstall onceforall")
+    return path
 
 
 def ofa_specialized(

@@ -22,7 +22,7 @@ def resolve_supernet(name: str):
         return load_supernet(name)
     from onceforall import zoo
 
-    if name in getattr(zoo, "PRETRAINED", {}):
+    if name in zoo.PRETRAINED:
         return load_supernet(zoo.pretrained_path(name))
     raise CheckpointError(f"{name} is neither a supernet file nor a zoo id with shipped weights")
 
