@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from onceforall.arch import Arch, SearchSpace
 from onceforall.errors import ArchError, CheckpointError, OFAError
 
 
@@ -72,3 +73,31 @@ def load_checked(
             + ". Was it saved from a network of another width, kernel/expand/depth lists or class count?"
         )
     return nn.Module.load_state_dict(net, state_dict, strict=strict, assign=assign)
+
+
+class Supernet(nn.Module):
+    """What every supernet shares: its cached search space, Arch activation and checked loading."""
+
+    resolutions: tuple[int, ...]
+    _space: SearchSpace | None = None
+
+    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
+        raise NotImplementedError
+
+    def search_space(self, resolutions: Sequence[int] | None = None) -> SearchSpace:
+        """The space of this supernet's subnets (at its resolutions unless others are given)."""
+        if resolutions is not None:
+            return self.make_space(tuple(resolutions))
+        if self._space is None:
+            self._space = self.make_space(self.resolutions)
+        return self._space
+
+    def set_arch(self, arch: Arch) -> None:
+        """Activate an `Arch` of this supernet's space (its resolution is the caller's business)."""
+        self.set_active_subnet(**self.search_space().validate(arch).subnet_kwargs())
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False
+    ):
+        """Load our own layout; shape or key mismatches raise CheckpointError naming them."""
+        return load_checked(self, state_dict, strict=strict, assign=assign)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Arch, Gene, SearchSpace, Site, Stage
-from onceforall.errors import ArchError, OFAError
-from onceforall.nn.dynamic import DynamicMBConvLayer
+from onceforall.arch import Gene, SearchSpace, Site, Stage
+from onceforall.errors import OFAError
 from onceforall.nn.ops import make_divisible, out_size
 from onceforall.nn.spec import LayerSpec
 from onceforall.nn.static import (
@@ -23,7 +21,8 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import check_input, load_checked, set_bn_param, to_list
+from onceforall.spaces.common import check_input, set_bn_param, to_list
+from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
 STAGE_ACTS = ("relu", "relu", "h_swish", "h_swish", "h_swish")
@@ -88,7 +87,7 @@ class MobileNetV3(nn.Module):
         return net
 
 
-class OFAMobileNetV3(nn.Module):
+class OFAMobileNetV3(MBConvSupernet):
     """The once-for-all MobileNetV3 supernet: elastic kernel size, expand ratio and depth.
 
     Arguments and methods follow the official `OFAMobileNetV3`; keyword-only extras adapt the
@@ -129,22 +128,19 @@ class OFAMobileNetV3(nn.Module):
         self.first_conv = ConvLayer(in_channels, widths[0], 3, first_stride, act_func="h_swish")
         first_block = MBConvLayer(widths[0], widths[1], 3, 1, expand_ratio=1, act_func="relu")
         shortcut = IdentityLayer(widths[0], widths[0]) if widths[0] == widths[1] else None
-        blocks: list[nn.Module] = [ResidualBlock(first_block, shortcut)]
-        self.block_group_info: list[list[int]] = []
-        feature_dim, max_depth = widths[1], self.depth_list[-1]
-        for width, stride, act, se in zip(self.stage_widths, self.stage_strides, STAGE_ACTS, STAGE_SE):
-            self.block_group_info.append(list(range(len(blocks), len(blocks) + max_depth)))
-            for i in range(max_depth):
-                s = stride if i == 0 else 1
-                layer = DynamicMBConvLayer(
-                    [feature_dim], [width], self.ks_list, self.expand_ratio_list, s, act, se
-                )
-                shortcut = (
-                    IdentityLayer(feature_dim, feature_dim) if s == 1 and feature_dim == width else None
-                )
-                blocks.append(ResidualBlock(layer, shortcut))
-                feature_dim = width
-        self.blocks = nn.ModuleList(blocks)
+        max_depth = self.depth_list[-1]
+        stages, self.block_group_info = mbconv_stages(
+            widths[1],
+            self.stage_widths,
+            self.stage_strides,
+            [max_depth] * 5,
+            self.ks_list,
+            self.expand_ratio_list,
+            STAGE_ACTS,
+            STAGE_SE,
+        )
+        self.blocks = nn.ModuleList([ResidualBlock(first_block, shortcut), *stages])
+        feature_dim = self.stage_widths[-1]
         self.final_expand_layer = ConvLayer(feature_dim, widths[7], 1, act_func="h_swish")
         self.feature_mix_layer = ConvLayer(
             widths[7], widths[8], 1, bias=False, use_bn=False, act_func="h_swish"
@@ -152,7 +148,6 @@ class OFAMobileNetV3(nn.Module):
         self.classifier = LinearLayer(widths[8], n_classes, dropout_rate=dropout_rate)
         set_bn_param(self, *bn_param)
         self.runtime_depth = [len(group) for group in self.block_group_info]
-        self._space: SearchSpace | None = None
         self.build_args = {
             "n_classes": n_classes,
             "bn_param": list(bn_param),
@@ -178,112 +173,18 @@ class OFAMobileNetV3(nn.Module):
         x = self.feature_mix_layer(x.mean((2, 3), keepdim=True))
         return self.classifier(x.flatten(1))
 
-    @property
-    def total_stride(self) -> int:
-        stride = self.first_stride
-        for s in self.stage_strides:
-            stride *= s
-        return stride
-
-    @property
-    def dynamic_blocks(self) -> list[DynamicMBConvLayer]:
-        return [block.conv for block in self.blocks[1:]]
-
-    # ------------------------------------------------------------------ official control API
-    def set_max_net(self) -> None:
-        self.set_active_subnet(ks=self.ks_list[-1], e=self.expand_ratio_list[-1], d=self.depth_list[-1])
-
-    def set_active_subnet(self, ks: Any = None, e: Any = None, d: Any = None, **kwargs: Any) -> None:
-        """Scalars apply to every block (stage for `d`); lists give one value per block (stage)."""
-        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
-        for name, value, n, choices in (
-            ("ks", ks, n_blocks, self.ks_list),
-            ("e", e, n_blocks, self.expand_ratio_list),
-            ("d", d, n_stages, self.depth_list),
-        ):
-            for v in to_list(value, n, name):
-                if v is not None and v not in choices:
-                    raise ArchError(f"{name} = {v!r} is not allowed; choices are {tuple(choices)}")
-        for layer, k, ratio in zip(self.dynamic_blocks, to_list(ks, n_blocks), to_list(e, n_blocks)):
-            if k is not None:
-                layer.active_kernel_size = k
-            if ratio is not None:
-                layer.active_expand_ratio = ratio
-        for i, depth in enumerate(to_list(d, n_stages)):
-            if depth is not None:
-                self.runtime_depth[i] = min(len(self.block_group_info[i]), depth)
-
-    def sample_active_subnet(self) -> dict[str, list]:
-        """Draw a subnet uniformly per entry with Python's `random`, activate and return it."""
-        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
-        config = {
-            "ks": [random.choice(self.ks_list) for _ in range(n_blocks)],
-            "e": [random.choice(self.expand_ratio_list) for _ in range(n_blocks)],
-            "d": [random.choice(self.depth_list) for _ in range(n_stages)],
-        }
-        self.set_active_subnet(**config)
-        return config
-
-    def set_arch(self, arch: Arch) -> None:
-        """Activate an `Arch` of this supernet's space (its resolution is the caller's business)."""
-        self.set_active_subnet(**self.search_space().validate(arch).subnet_kwargs())
-
-    def active_arch(self, image_size: int | None = None) -> Arch:
-        """The active subnet as an `Arch` at `image_size` (default: the largest resolution)."""
-        size = self.resolutions[-1] if image_size is None else image_size
-        arch = Arch(
-            space=self.search_space().name,
-            image_size=size,
-            ks=tuple(layer.active_kernel_size for layer in self.dynamic_blocks),
-            e=tuple(layer.active_expand_ratio for layer in self.dynamic_blocks),
-            d=tuple(self.runtime_depth),
-        )
-        return self.search_space().validate(arch)
-
-    def active_blocks(self) -> list[int]:
-        return [i for group, depth in zip(self.block_group_info, self.runtime_depth) for i in group[:depth]]
-
-    @torch.no_grad()
-    def get_active_subnet(self, preserve_weight: bool = True) -> MobileNetV3:
-        """The active subnet as a static MobileNetV3 (weights copied, kernel transforms applied)."""
-        blocks = [copy.deepcopy(self.blocks[0])]
-        channels = self.blocks[0].conv.out_channels
-        for index in self.active_blocks():
-            block = self.blocks[index]
-            blocks.append(
-                ResidualBlock(
-                    block.conv.get_active_subnet(channels, preserve_weight), copy.deepcopy(block.shortcut)
-                )
-            )
-            channels = block.conv.active_out_channel
-        subnet = MobileNetV3(
+    def static_network(self, blocks: list[nn.Module]) -> MobileNetV3:
+        return MobileNetV3(
             copy.deepcopy(self.first_conv),
             blocks,
             copy.deepcopy(self.final_expand_layer),
             copy.deepcopy(self.feature_mix_layer),
             copy.deepcopy(self.classifier),
         )
-        set_bn_param(subnet, *self.bn_param)
-        return subnet.to(next(self.parameters()).device).train(self.training)
 
-    def get_active_net_config(self) -> dict[str, Any]:
-        """The official `net.config` JSON of the active subnet."""
-        blocks = [self.blocks[0].config]
-        channels = self.blocks[0].conv.out_channels
-        for index in self.active_blocks():
-            block = self.blocks[index]
-            blocks.append(
-                {
-                    "name": "ResidualBlock",
-                    "conv": block.conv.get_active_subnet_config(channels),
-                    "shortcut": None if block.shortcut is None else block.shortcut.config,
-                }
-            )
-            channels = block.conv.active_out_channel
-        momentum, eps = self.bn_param
+    def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "name": "MobileNetV3",
-            "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
             "first_conv": self.first_conv.config,
             "blocks": blocks,
             "final_expand_layer": self.final_expand_layer.config,
@@ -291,29 +192,8 @@ class OFAMobileNetV3(nn.Module):
             "classifier": self.classifier.config,
         }
 
-    def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
-        """Sort every block's middle channels by importance (start of each elastic-width phase)."""
-        for layer in self.dynamic_blocks:
-            layer.re_organize_middle_weights(expand_ratio_stage)
-
-    @property
-    def bn_param(self) -> tuple[float, float]:
-        bn = self.first_conv.bn
-        return bn.momentum, bn.eps
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load our own layout; shape or key mismatches raise CheckpointError naming them."""
-        return load_checked(self, state_dict, strict=strict, assign=assign)
-
-    # ------------------------------------------------------------------ search space
-    def search_space(self, resolutions: Sequence[int] | None = None) -> SearchSpace:
-        """The space of this supernet's subnets (at its resolutions unless others are given)."""
-        if resolutions is None and self._space is not None:
-            return self._space
-        space = mobilenet_v3_space(self, self.resolutions if resolutions is None else tuple(resolutions))
-        if resolutions is None:
-            self._space = space
-        return space
+    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
+        return mobilenet_v3_space(self, resolutions)
 
 
 def _check_args(n_classes: int, width_mult: float, in_channels: int, ks, es, ds) -> None:

@@ -8,27 +8,25 @@ that runs before the global pooling.
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Arch, Gene, SearchSpace, Site, Stage
-from onceforall.errors import ArchError, OFAError
-from onceforall.nn.dynamic import DynamicMBConvLayer
+from onceforall.arch import Gene, SearchSpace, Site, Stage
+from onceforall.errors import OFAError
 from onceforall.nn.ops import make_divisible, out_size
 from onceforall.nn.spec import LayerSpec
 from onceforall.nn.static import (
     ConvLayer,
-    IdentityLayer,
     LinearLayer,
     MBConvLayer,
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import check_input, load_checked, set_bn_param, to_list
+from onceforall.spaces.common import check_input, set_bn_param, to_list
+from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 from onceforall.spaces.mobilenet_v3 import IMAGENET_RESOLUTIONS, _check_args, _digits
 
 BASE_WIDTHS = (32, 16, 24, 40, 80, 96, 192, 320, 1280)
@@ -87,7 +85,7 @@ class ProxylessNASNets(nn.Module):
         return net
 
 
-class OFAProxylessNASNets(nn.Module):
+class OFAProxylessNASNets(MBConvSupernet):
     """The once-for-all ProxylessNAS supernet: elastic kernel size, expand ratio and depth.
 
     Arguments and methods follow the official `OFAProxylessNASNets`; keyword-only extras adapt the
@@ -133,28 +131,22 @@ class OFAProxylessNASNets(nn.Module):
 
         self.first_conv = ConvLayer(in_channels, widths[0], 3, first_stride, act_func=ACT)
         first_block = MBConvLayer(widths[0], widths[1], 3, 1, expand_ratio=1, act_func=ACT)
-        blocks: list[nn.Module] = [ResidualBlock(first_block, None)]
-        self.block_group_info: list[list[int]] = []
-        feature_dim, max_depth = widths[1], self.depth_list[-1]
-        n_blocks = [max_depth] * 5 + [1]
-        for width, stride, n in zip(self.stage_widths, self.stage_strides, n_blocks):
-            self.block_group_info.append(list(range(len(blocks), len(blocks) + n)))
-            for i in range(n):
-                s = stride if i == 0 else 1
-                layer = DynamicMBConvLayer(
-                    [feature_dim], [width], self.ks_list, self.expand_ratio_list, s, ACT, False
-                )
-                shortcut = (
-                    IdentityLayer(feature_dim, feature_dim) if s == 1 and feature_dim == width else None
-                )
-                blocks.append(ResidualBlock(layer, shortcut))
-                feature_dim = width
-        self.blocks = nn.ModuleList(blocks)
+        stages, self.block_group_info = mbconv_stages(
+            widths[1],
+            self.stage_widths,
+            self.stage_strides,
+            [self.depth_list[-1]] * 5 + [1],
+            self.ks_list,
+            self.expand_ratio_list,
+            [ACT] * 6,
+            [False] * 6,
+        )
+        self.blocks = nn.ModuleList([ResidualBlock(first_block, None), *stages])
+        feature_dim = self.stage_widths[-1]
         self.feature_mix_layer = ConvLayer(feature_dim, widths[8], 1, act_func=ACT)
         self.classifier = LinearLayer(widths[8], n_classes, dropout_rate=dropout_rate)
         set_bn_param(self, *bn_param)
         self.runtime_depth = [len(group) for group in self.block_group_info]
-        self._space: SearchSpace | None = None
         self.build_args = {
             "n_classes": n_classes,
             "bn_param": list(bn_param),
@@ -180,144 +172,25 @@ class OFAProxylessNASNets(nn.Module):
         x = self.feature_mix_layer(x)
         return self.classifier(x.mean((2, 3)))
 
-    @property
-    def total_stride(self) -> int:
-        stride = self.first_stride
-        for s in self.stage_strides:
-            stride *= s
-        return stride
-
-    @property
-    def dynamic_blocks(self) -> list[DynamicMBConvLayer]:
-        return [block.conv for block in self.blocks[1:]]
-
-    # ------------------------------------------------------------------ official control API
-    def set_max_net(self) -> None:
-        self.set_active_subnet(ks=self.ks_list[-1], e=self.expand_ratio_list[-1], d=self.depth_list[-1])
-
-    def set_active_subnet(self, ks: Any = None, e: Any = None, d: Any = None, **kwargs: Any) -> None:
-        """Scalars apply to every block (stage for `d`); lists give one value per block (stage).
-
-        Depths are clipped to the stage length, so the one-block last stage always runs.
-        """
-        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
-        checks = [("ks", k, self.ks_list) for k in to_list(ks, n_blocks, "ks")]
-        checks += [("e", r, self.expand_ratio_list) for r in to_list(e, n_blocks, "e")]
-        depths = to_list(d, n_stages, "d")
-        checks += [("d", v, self.depth_list) for v in depths[:-1]]
-        checks.append(("d", depths[-1], sorted({*self.depth_list, 1})))
-        for name, v, choices in checks:
-            if v is not None and v not in choices:
-                raise ArchError(f"{name} = {v!r} is not allowed; choices are {tuple(choices)}")
-        for layer, k, ratio in zip(self.dynamic_blocks, to_list(ks, n_blocks), to_list(e, n_blocks)):
-            if k is not None:
-                layer.active_kernel_size = k
-            if ratio is not None:
-                layer.active_expand_ratio = ratio
-        for i, depth in enumerate(depths):
-            if depth is not None:
-                self.runtime_depth[i] = min(len(self.block_group_info[i]), depth)
-
-    def sample_active_subnet(self) -> dict[str, list]:
-        """Draw a subnet uniformly per entry with Python's `random` (last depth 1), activate and return it."""
-        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
-        config = {
-            "ks": [random.choice(self.ks_list) for _ in range(n_blocks)],
-            "e": [random.choice(self.expand_ratio_list) for _ in range(n_blocks)],
-            "d": [random.choice(self.depth_list) for _ in range(n_stages)],
-        }
-        config["d"][-1] = 1
-        self.set_active_subnet(**config)
-        return config
-
-    def set_arch(self, arch: Arch) -> None:
-        """Activate an `Arch` of this supernet's space (its resolution is the caller's business)."""
-        self.set_active_subnet(**self.search_space().validate(arch).subnet_kwargs())
-
-    def active_arch(self, image_size: int | None = None) -> Arch:
-        """The active subnet as an `Arch` at `image_size` (default: the largest resolution)."""
-        size = self.resolutions[-1] if image_size is None else image_size
-        arch = Arch(
-            space=self.search_space().name,
-            image_size=size,
-            ks=tuple(layer.active_kernel_size for layer in self.dynamic_blocks),
-            e=tuple(layer.active_expand_ratio for layer in self.dynamic_blocks),
-            d=tuple(self.runtime_depth),
-        )
-        return self.search_space().validate(arch)
-
-    def active_blocks(self) -> list[int]:
-        return [i for group, depth in zip(self.block_group_info, self.runtime_depth) for i in group[:depth]]
-
-    @torch.no_grad()
-    def get_active_subnet(self, preserve_weight: bool = True) -> ProxylessNASNets:
-        """The active subnet as a static ProxylessNASNets (weights copied, kernel transforms applied)."""
-        blocks = [copy.deepcopy(self.blocks[0])]
-        channels = self.blocks[0].conv.out_channels
-        for index in self.active_blocks():
-            block = self.blocks[index]
-            blocks.append(
-                ResidualBlock(
-                    block.conv.get_active_subnet(channels, preserve_weight), copy.deepcopy(block.shortcut)
-                )
-            )
-            channels = block.conv.active_out_channel
-        subnet = ProxylessNASNets(
+    def static_network(self, blocks: list[nn.Module]) -> ProxylessNASNets:
+        return ProxylessNASNets(
             copy.deepcopy(self.first_conv),
             blocks,
             copy.deepcopy(self.feature_mix_layer),
             copy.deepcopy(self.classifier),
         )
-        set_bn_param(subnet, *self.bn_param)
-        return subnet.to(next(self.parameters()).device).train(self.training)
 
-    def get_active_net_config(self) -> dict[str, Any]:
-        """The official `net.config` JSON of the active subnet."""
-        blocks = [self.blocks[0].config]
-        channels = self.blocks[0].conv.out_channels
-        for index in self.active_blocks():
-            block = self.blocks[index]
-            blocks.append(
-                {
-                    "name": "ResidualBlock",
-                    "conv": block.conv.get_active_subnet_config(channels),
-                    "shortcut": None if block.shortcut is None else block.shortcut.config,
-                }
-            )
-            channels = block.conv.active_out_channel
-        momentum, eps = self.bn_param
+    def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "name": "ProxylessNASNets",
-            "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
             "first_conv": self.first_conv.config,
             "blocks": blocks,
             "feature_mix_layer": self.feature_mix_layer.config,
             "classifier": self.classifier.config,
         }
 
-    def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
-        """Sort every block's middle channels by importance (start of each elastic-width phase)."""
-        for layer in self.dynamic_blocks:
-            layer.re_organize_middle_weights(expand_ratio_stage)
-
-    @property
-    def bn_param(self) -> tuple[float, float]:
-        bn = self.first_conv.bn
-        return bn.momentum, bn.eps
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load our own layout; shape or key mismatches raise CheckpointError naming them."""
-        return load_checked(self, state_dict, strict=strict, assign=assign)
-
-    # ------------------------------------------------------------------ search space
-    def search_space(self, resolutions: Sequence[int] | None = None) -> SearchSpace:
-        """The space of this supernet's subnets (at its resolutions unless others are given)."""
-        if resolutions is None and self._space is not None:
-            return self._space
-        space = proxyless_space(self, self.resolutions if resolutions is None else tuple(resolutions))
-        if resolutions is None:
-            self._space = space
-        return space
+    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
+        return proxyless_space(self, resolutions)
 
 
 def space_name(net: OFAProxylessNASNets) -> str:

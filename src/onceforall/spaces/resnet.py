@@ -19,7 +19,7 @@ from onceforall.nn.dynamic import DynamicConvLayer, DynamicLinearLayer, DynamicR
 from onceforall.nn.ops import make_divisible, out_size
 from onceforall.nn.spec import LayerSpec
 from onceforall.nn.static import IdentityLayer, ResidualBlock, layer_from_config
-from onceforall.spaces.common import check_input, load_checked, set_bn_param, to_list
+from onceforall.spaces.common import Supernet, check_input, set_bn_param, to_list
 
 BASE_DEPTHS = (2, 2, 4, 2)
 STAGE_WIDTHS = (256, 512, 1024, 2048)
@@ -73,7 +73,7 @@ class ResNets(nn.Module):
         return net
 
 
-class OFAResNets(nn.Module):
+class OFAResNets(Supernet):
     """The once-for-all ResNet-50-D supernet: elastic depth, expand ratio and width.
 
     Arguments and methods follow the official `OFAResNets`: `set_active_subnet(d, e, w)` takes
@@ -136,7 +136,6 @@ class OFAResNets(nn.Module):
         self.input_stem_skipping = False
         self.runtime_depth = [0] * len(BASE_DEPTHS)  # official meaning: blocks skipped at each stage's end
         self.width_index = [len(self.width_mult_list) - 1] * (len(BASE_DEPTHS) + 2)
-        self._space: SearchSpace | None = None
         self.build_args = {
             "n_classes": n_classes,
             "bn_param": list(bn_param),
@@ -230,10 +229,6 @@ class OFAResNets(nn.Module):
         self.set_active_subnet(**config)
         return {"d": config["d"], "e": config["e"], "w": config["w"]}
 
-    def set_arch(self, arch: Arch) -> None:
-        """Activate an `Arch` of this supernet's space (its resolution is the caller's business)."""
-        self.set_active_subnet(**self.search_space().validate(arch).subnet_kwargs())
-
     def active_arch(self, image_size: int | None = None) -> Arch:
         """The active subnet as an `Arch` at `image_size` (default: the largest resolution)."""
         size = self.resolutions[-1] if image_size is None else image_size
@@ -308,19 +303,8 @@ class OFAResNets(nn.Module):
         bn = self.input_stem[0].bn.bn
         return bn.momentum, bn.eps
 
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load our own layout; shape or key mismatches raise CheckpointError naming them."""
-        return load_checked(self, state_dict, strict=strict, assign=assign)
-
-    # ------------------------------------------------------------------ search space
-    def search_space(self, resolutions: Sequence[int] | None = None) -> SearchSpace:
-        """The space of this supernet's subnets (at its resolutions unless others are given)."""
-        if resolutions is None and self._space is not None:
-            return self._space
-        space = resnet_space(self, self.resolutions if resolutions is None else tuple(resolutions))
-        if resolutions is None:
-            self._space = space
-        return space
+    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
+        return resnet_space(self, resolutions)
 
 
 def _check_args(n_classes: int, in_channels: int, ds, es, ws) -> None:

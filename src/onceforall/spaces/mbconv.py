@@ -1,0 +1,180 @@
+"""What OFA-MobileNetV3 and OFA-ProxylessNAS share: stages of elastic MBConv blocks after a static first block."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from onceforall.arch import Arch
+from onceforall.errors import ArchError
+from onceforall.nn.dynamic import DynamicMBConvLayer
+from onceforall.nn.static import IdentityLayer, ResidualBlock
+from onceforall.spaces.common import Supernet, set_bn_param, to_list
+
+
+def mbconv_stages(
+    in_channels: int,
+    widths: Sequence[int],
+    strides: Sequence[int],
+    depths: Sequence[int],
+    ks_list: list[int],
+    expand_ratio_list: list[float],
+    acts: Sequence[str],
+    use_se: Sequence[bool],
+    first_index: int = 1,
+) -> tuple[list[nn.Module], list[list[int]]]:
+    """Residual blocks of elastic MBConv layers, stage by stage, and the block indices of each stage."""
+    blocks: list[nn.Module] = []
+    groups: list[list[int]] = []
+    channels = in_channels
+    for width, stride, depth, act, se in zip(widths, strides, depths, acts, use_se):
+        groups.append(list(range(first_index + len(blocks), first_index + len(blocks) + depth)))
+        for i in range(depth):
+            s = stride if i == 0 else 1
+            layer = DynamicMBConvLayer([channels], [width], ks_list, expand_ratio_list, s, act, se)
+            shortcut = IdentityLayer(channels, channels) if s == 1 and channels == width else None
+            blocks.append(ResidualBlock(layer, shortcut))
+            channels = width
+    return blocks, groups
+
+
+class MBConvSupernet(Supernet):
+    """The official control API over `blocks[0]` (static) and `block_group_info` stages of elastic blocks.
+
+    Subclasses build `first_conv`, `blocks`, `block_group_info`, the head, and say how a static
+    network and its official config are assembled (`static_network`, `net_config`).
+    """
+
+    ks_list: list[int]
+    expand_ratio_list: list[float]
+    depth_list: list[int]
+    first_stride: int
+    stage_strides: tuple[int, ...]
+    block_group_info: list[list[int]]
+    runtime_depth: list[int]
+
+    def static_network(self, blocks: list[nn.Module]) -> nn.Module:
+        raise NotImplementedError
+
+    def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def total_stride(self) -> int:
+        stride = self.first_stride
+        for s in self.stage_strides:
+            stride *= s
+        return stride
+
+    @property
+    def dynamic_blocks(self) -> list[DynamicMBConvLayer]:
+        return [block.conv for block in self.blocks[1:]]
+
+    @property
+    def bn_param(self) -> tuple[float, float]:
+        bn = self.first_conv.bn
+        return bn.momentum, bn.eps
+
+    def depth_choices(self, stage: int) -> list[int]:
+        """Depths accepted for a stage; a stage shorter than the depth list also runs whole."""
+        length = len(self.block_group_info[stage])
+        return self.depth_list if length >= self.depth_list[-1] else sorted({*self.depth_list, length})
+
+    # ------------------------------------------------------------------ official control API
+    def set_max_net(self) -> None:
+        self.set_active_subnet(ks=self.ks_list[-1], e=self.expand_ratio_list[-1], d=self.depth_list[-1])
+
+    def set_active_subnet(self, ks: Any = None, e: Any = None, d: Any = None, **kwargs: Any) -> None:
+        """Scalars apply to every block (stage for `d`); lists give one value per block (stage).
+
+        `None` leaves a value as it is; depths are clipped to the stage length.
+        """
+        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
+        ks, e, d = to_list(ks, n_blocks, "ks"), to_list(e, n_blocks, "e"), to_list(d, n_stages, "d")
+        checks = [("ks", v, self.ks_list) for v in ks] + [("e", v, self.expand_ratio_list) for v in e]
+        checks += [("d", v, self.depth_choices(stage)) for stage, v in enumerate(d)]
+        for name, value, choices in checks:
+            if value is not None and value not in choices:
+                raise ArchError(f"{name} = {value!r} is not allowed; choices are {tuple(choices)}")
+        for layer, k, ratio in zip(self.dynamic_blocks, ks, e):
+            if k is not None:
+                layer.active_kernel_size = k
+            if ratio is not None:
+                layer.active_expand_ratio = ratio
+        for stage, depth in enumerate(d):
+            if depth is not None:
+                self.runtime_depth[stage] = min(len(self.block_group_info[stage]), depth)
+
+    def sample_active_subnet(self) -> dict[str, list]:
+        """Draw a subnet uniformly per entry with Python's `random`, activate and return it."""
+        n_blocks = len(self.blocks) - 1
+        config = {
+            "ks": [random.choice(self.ks_list) for _ in range(n_blocks)],
+            "e": [random.choice(self.expand_ratio_list) for _ in range(n_blocks)],
+            "d": [min(len(group), random.choice(self.depth_list)) for group in self.block_group_info],
+        }
+        self.set_active_subnet(**config)
+        return config
+
+    def active_arch(self, image_size: int | None = None) -> Arch:
+        """The active subnet as an `Arch` at `image_size` (default: the largest resolution)."""
+        arch = Arch(
+            space=self.search_space().name,
+            image_size=self.resolutions[-1] if image_size is None else image_size,
+            ks=tuple(layer.active_kernel_size for layer in self.dynamic_blocks),
+            e=tuple(layer.active_expand_ratio for layer in self.dynamic_blocks),
+            d=tuple(self.runtime_depth),
+        )
+        return self.search_space().validate(arch)
+
+    def active_blocks(self) -> list[int]:
+        return [i for group, depth in zip(self.block_group_info, self.runtime_depth) for i in group[:depth]]
+
+    def _active_blocks(self, build) -> list:
+        """`build(block, in_channels)` for every active elastic block, in order."""
+        out, channels = [], self.blocks[0].conv.out_channels
+        for index in self.active_blocks():
+            out.append(build(self.blocks[index], channels))
+            channels = self.blocks[index].conv.active_out_channel
+        return out
+
+    @torch.no_grad()
+    def get_active_subnet(self, preserve_weight: bool = True) -> nn.Module:
+        """The active subnet as a static network (weights copied, kernel transforms applied)."""
+        blocks = [copy.deepcopy(self.blocks[0])]
+        blocks += self._active_blocks(
+            lambda block, cin: ResidualBlock(
+                block.conv.get_active_subnet(cin, preserve_weight), copy.deepcopy(block.shortcut)
+            )
+        )
+        subnet = self.static_network(blocks)
+        set_bn_param(subnet, *self.bn_param)
+        return subnet.to(next(self.parameters()).device).train(self.training)
+
+    def get_active_net_config(self) -> dict[str, Any]:
+        """The official `net.config` JSON of the active subnet."""
+        blocks = [self.blocks[0].config]
+        blocks += self._active_blocks(
+            lambda block, cin: {
+                "name": "ResidualBlock",
+                "conv": block.conv.get_active_subnet_config(cin),
+                "shortcut": None if block.shortcut is None else block.shortcut.config,
+            }
+        )
+        momentum, eps = self.bn_param
+        config = self.net_config(blocks)
+        return {
+            "name": config.pop("name"),
+            "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
+            **config,
+        }
+
+    def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
+        """Sort every block's middle channels by importance (start of each elastic-width phase)."""
+        for layer in self.dynamic_blocks:
+            layer.re_organize_middle_weights(expand_ratio_stage)
