@@ -3,7 +3,7 @@
 For the max, the min and random archs: images/s of forward + backward + SGD step at 64 px,
 batch 64, on CPU, for (a) our supernet (channels_last), (b) our extracted static subnet
 (channels_last) and (c) the official `ofa` supernet at the same arch. Variants are interleaved
-round by round so machine noise hits them alike. Prints a table and the ratios.
+round by round (ABC, CBA, ...) so machine noise hits them alike; each takes its best round.
 
     .venv/bin/python bench/supernet_speed.py [--archs 5] [--steps 3] [--rounds 2]
 """
@@ -87,11 +87,14 @@ def main() -> None:
         if reference is not None:
             reference.set_active_subnet(**arch.subnet_kwargs())
         times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-        for _ in range(args.rounds):
-            times["a"].append(step_time(ours, x_cl, y, args.steps))
-            times["b"].append(step_time(subnet, x_cl, y, args.steps))
-            if reference is not None:
-                times["c"].append(step_time(reference, x, y, args.steps))
+        variants = {"a": (ours, x_cl), "b": (subnet, x_cl)}
+        if reference is not None:
+            variants["c"] = (reference, x)
+        for round_ in range(args.rounds):
+            order = list(variants) if round_ % 2 == 0 else list(variants)[::-1]  # ABC, CBA, ...
+            for key in order:
+                model, inputs = variants[key]
+                times[key].append(step_time(model, inputs, y, args.steps))
         t = {k: min(v) if v else float("nan") for k, v in times.items()}
         ips = {k: args.batch / v for k, v in t.items()}
         ratios_ab.append(t["a"] / t["b"])

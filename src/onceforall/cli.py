@@ -17,12 +17,16 @@ from onceforall.errors import OFAError
 from onceforall.io import save_atomic, write_json_atomic
 from onceforall.spaces import OFAMobileNetV3
 from onceforall.specialize import count_macs, count_params
+from onceforall.specialize.commands import app as specialize_app
 from onceforall.specialize.measure import time_forward
 
 app = typer.Typer(
     help="Once-for-All: train one supernet, specialize it for every device.", no_args_is_help=True
 )
 console = Console()
+# The specialization commands (latency, predictor, search, pareto, export) live in their own module.
+app.registered_groups.extend(specialize_app.registered_groups)
+app.registered_commands.extend(specialize_app.registered_commands)
 
 
 def describe(arch: Arch) -> str:

@@ -1,0 +1,488 @@
+"""The accuracy predictor of the paper and the accuracy dataset it is trained on.
+
+The predictor is an MLP on the space's one-hot features (`SearchSpace.onehot`): three hidden
+layers of 400 with ReLU, a bias-free Linear(400 -> 1) and a frozen `base_acc` (the mean training
+accuracy) added to its output; it predicts accuracy as a fraction. Module names and the
+`base_acc` entry follow the official `AccuracyPredictor`, so state dicts are interchangeable
+where the encodings agree. The original ships no training code; `fit_predictor` trains with
+Adam and a per-step cosine schedule on the mean squared error (see its docstring).
+
+The dataset is append-only JSON lines, one subnet per line (`{"arch", "accuracy", "meta"}`),
+fsynced per line, so collection can be killed and resumed; a corrupt line is reported with its
+number and skipped, the good rows are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from onceforall.arch import Arch, SearchSpace
+from onceforall.errors import ArchError, PredictorError
+from onceforall.io import save_atomic
+from onceforall.specialize.latency import progress_bar, torch_threads
+
+FORMAT = "onceforall.predictor"
+VERSION = 1
+ENCODING_VERSION = 1  # layout of `SearchSpace.onehot`; bump when it changes
+
+
+# --------------------------------------------------------------------------- encoding
+def encoding_signature(space: SearchSpace) -> dict[str, Any]:
+    """What a predictor's input layout depends on: the encoding version, its width and every gene."""
+    return {
+        "version": ENCODING_VERSION,
+        "dim": OneHot(space).dim,
+        "genes": [[g.label, [float(c) for c in g.choices]] for g in space.genes],
+    }
+
+
+class OneHot:
+    """`space.onehot` with its index tables precomputed (fast for the many calls of a search)."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        implied = {s.depth_gene for s in space.stages if any(g.slot in s.slots for g in space.genes)}
+        self.encoded = torch.tensor([i for i in range(space.n_genes) if i not in implied], dtype=torch.long)
+        widths = torch.tensor([len(space.genes[i].choices) for i in self.encoded.tolist()])
+        self.offsets = torch.cumsum(widths, 0) - widths
+        self.dim = int(widths.sum())
+        self.limits = torch.tensor([len(g.choices) for g in space.genes])
+        # alive[slot, c]: whether block slot `slot` runs when its stage's depth gene has choice c
+        # (a slot in no stage always runs; rows are as wide as any gene so every index fits).
+        width = max(len(g.choices) for g in space.genes)
+        alive = torch.ones(space.n_slots, width, dtype=torch.bool)
+        self.slot_depth_gene = torch.zeros(space.n_slots, dtype=torch.long)
+        for stage in space.stages:
+            depths = torch.tensor(space.genes[stage.depth_gene].choices) + stage.base
+            for position, slot in enumerate(stage.slots):
+                self.slot_depth_gene[slot] = stage.depth_gene
+                alive[slot, : len(depths)] = position < depths
+        self.alive = alive.flatten()
+        self.alive_offset = torch.arange(space.n_slots) * width
+        slots = [space.genes[i].slot for i in self.encoded.tolist()]
+        self.gated = torch.tensor([s is not None for s in slots])
+        self.gate_slot = torch.tensor([s if s is not None else 0 for s in slots], dtype=torch.long)
+
+    def active(self, population: torch.Tensor) -> torch.Tensor:
+        """Bool [N, n_slots], as `SearchSpace.active` (one gather)."""
+        return self.alive[self.alive_offset + population[:, self.slot_depth_gene]]
+
+    def __call__(self, population: torch.Tensor) -> torch.Tensor:
+        if population.dim() != 2 or population.shape[1] != len(self.limits):
+            raise ArchError(
+                f"a population must be [N, {len(self.limits)}] choice indices for space {self.space.name!r}"
+            )
+        if population.numel() and ((population < 0) | (population >= self.limits)).any():
+            raise ArchError("population holds choice indices outside their gene's range")
+        gate = torch.ones(len(population), len(self.encoded))
+        gate[:, self.gated] = self.active(population)[:, self.gate_slot[self.gated]].float()
+        out = torch.zeros(len(population), self.dim)
+        return out.scatter_(1, self.offsets + population[:, self.encoded], gate)
+
+
+# --------------------------------------------------------------------------- the predictor
+class AccuracyPredictor(nn.Module):
+    """MLP: features -> 3 x (Linear 400 + ReLU) -> Linear(400, 1, no bias) + base_acc (a fraction)."""
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_size: int = 400,
+        n_layers: int = 3,
+        space: str | None = None,
+        encoding: dict | None = None,
+    ):
+        super().__init__()
+        self.n_features, self.hidden_size, self.n_layers = n_features, hidden_size, n_layers
+        self.space, self.encoding = space, encoding
+        layers: list[nn.Module] = []
+        for i in range(n_layers):
+            width = n_features if i == 0 else hidden_size
+            layers.append(nn.Sequential(nn.Linear(width, hidden_size), nn.ReLU(inplace=True)))
+        layers.append(nn.Linear(hidden_size, 1, bias=False))
+        self.layers = nn.Sequential(*layers)
+        self.register_buffer("base_acc", torch.zeros(1))
+        self._encoders: dict[int, OneHot] = {}
+        self.metrics: dict | None = None
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, hidden_size: int = 400, n_layers: int = 3) -> AccuracyPredictor:
+        signature = encoding_signature(space)
+        return cls(signature["dim"], hidden_size, n_layers, space.name, signature)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features).squeeze(-1) + self.base_acc
+
+    def check(self, space: SearchSpace) -> None:
+        """Raise PredictorError unless this predictor was trained on `space` with this encoding."""
+        if self.space is not None and self.space != space.name:
+            raise PredictorError(
+                f"the predictor was trained on space {self.space!r}, not {space.name!r}; "
+                "fit one on this space's accuracy dataset"
+            )
+        if self.encoding is None:
+            return
+        signature = encoding_signature(space)
+        for key in ("version", "dim", "genes"):
+            if self.encoding.get(key) != signature[key]:
+                detail = "" if key == "genes" else f": {self.encoding.get(key)!r} vs {signature[key]!r}"
+                raise PredictorError(
+                    f"the predictor's encoding {key} differs from the space's{detail} "
+                    f"(other choices or resolutions?); refit it for this space"
+                )
+
+    @torch.no_grad()
+    def predict(self, space: SearchSpace, population: torch.Tensor | Arch | Sequence[Arch]) -> torch.Tensor:
+        """Predicted accuracy (fraction) of every arch of a population, in one call."""
+        encoder = self._encoders.get(id(space))
+        if encoder is None or encoder.space is not space:
+            self.check(space)
+            encoder = self._encoders[id(space)] = OneHot(space)
+        if not isinstance(population, torch.Tensor):
+            population = space.encode(population)
+        return self(encoder(population.cpu().long()))
+
+    def bind(self, space: SearchSpace) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`population -> predicted accuracy` for `space` (what the searches take)."""
+        self.check(space)
+        self.eval()
+        return lambda population: self.predict(space, population)
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | Path, metrics: dict | None = None) -> Path:
+        return save_atomic(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "space": self.space,
+                "encoding": self.encoding,
+                "n_features": self.n_features,
+                "hidden_size": self.hidden_size,
+                "n_layers": self.n_layers,
+                "state_dict": self.state_dict(),
+                "metrics": metrics,
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None) -> AccuracyPredictor:
+        """Read a saved predictor; with `space`, refuse one trained on another space or encoding."""
+        path = Path(path)
+        if not path.is_file():
+            raise PredictorError(f"predictor file {path} does not exist; fit one with `ofa predictor fit`")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise PredictorError(f"{path} is not a readable predictor file: {err}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PredictorError(f"{path} is not an onceforall predictor (format {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise PredictorError(f"{path}: predictor file version {data.get('version')} is not {VERSION}")
+        net = cls(data["n_features"], data["hidden_size"], data["n_layers"], data["space"], data["encoding"])
+        net.load_state_dict(data["state_dict"])
+        net.metrics = data.get("metrics")
+        if space is not None:
+            net.check(space)
+        return net.eval()
+
+
+# --------------------------------------------------------------------------- fitting
+@dataclass
+class PredictorMetrics:
+    """Held-out quality of a predictor; errors are fractions (x100 for accuracy points)."""
+
+    n_train: int
+    n_test: int
+    rmse: float
+    mae: float
+    kendall_tau: float
+    spearman: float
+    epochs: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split(n: int, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic (seeded) train/test split of `n` rows: the first `round(holdout*n)` are test."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = round(holdout * n)
+    return order[n_test:], order[:n_test]
+
+
+def evaluate_predictor(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """RMSE, MAE, Kendall's tau and Spearman's rho of predictions against targets."""
+    from scipy.stats import kendalltau, spearmanr
+
+    error = predicted.double() - target.double()
+    p, t = predicted.double().numpy(), target.double().numpy()
+    ranked = len(t) > 2
+    return {
+        "rmse": error.pow(2).mean().sqrt().item(),
+        "mae": error.abs().mean().item(),
+        "kendall_tau": float(kendalltau(p, t).statistic) if ranked else math.nan,
+        "spearman": float(spearmanr(p, t).statistic) if ranked else math.nan,
+    }
+
+
+def fit_predictor(
+    space: SearchSpace,
+    population: torch.Tensor,
+    accuracy: torch.Tensor,
+    holdout: float = 0.2,
+    epochs: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    hidden_size: int = 400,
+    n_layers: int = 3,
+    threads: int = 1,
+) -> tuple[AccuracyPredictor, PredictorMetrics]:
+    """Train the MLP on (population, accuracy) and report its metrics on a held-out split.
+
+    Recipe (the original publishes none): seeded split (`holdout` share held out), `base_acc` =
+    mean training accuracy, Adam (`lr`, `weight_decay`) with a cosine decay to 0 over all steps,
+    mean squared error on fractions, mini-batches of `batch_size` reshuffled each epoch by a seeded
+    generator. Deterministic for a given seed. Metrics are on the held-out rows (on the training
+    rows if `holdout` is 0). Runs on `threads` torch threads (restored after): on a small shared
+    machine one thread is far faster than several for these small matrices.
+    """
+    with torch_threads(threads):
+        return _fit(
+            space,
+            population,
+            accuracy,
+            holdout,
+            epochs,
+            lr,
+            batch_size,
+            weight_decay,
+            seed,
+            hidden_size,
+            n_layers,
+        )
+
+
+def _fit(
+    space, population, accuracy, holdout, epochs, lr, batch_size, weight_decay, seed, hidden_size, n_layers
+):
+    population = space._check(population)
+    accuracy = torch.as_tensor(accuracy, dtype=torch.float32).flatten()
+    if len(accuracy) != len(population):
+        raise PredictorError(f"{len(population)} archs but {len(accuracy)} accuracies")
+    if len(population) < 5:
+        raise PredictorError(
+            f"need at least 5 (arch, accuracy) rows to fit a predictor, got {len(population)}"
+        )
+    if not torch.isfinite(accuracy).all() or accuracy.min() < 0 or accuracy.max() > 1:
+        raise PredictorError(
+            f"accuracies must be fractions in [0, 1], got range [{accuracy.min():.4g}, {accuracy.max():.4g}]; "
+            "divide percentages by 100"
+        )
+    if not 0 <= holdout < 1:
+        raise PredictorError(f"holdout must be in [0, 1), got {holdout}")
+    start = time.perf_counter()
+    train, test = split(len(population), holdout, seed)
+    features = OneHot(space)(population)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AccuracyPredictor.for_space(space, hidden_size, n_layers)
+    model.base_acc.fill_(accuracy[train].mean().item())
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    generator = torch.Generator().manual_seed(seed + 1)
+    x_train, y_train = features[train], accuracy[train]
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for i in range(0, len(train), batch_size):
+            batch = order[i : i + batch_size]
+            loss = nn.functional.mse_loss(model(x_train[batch]), y_train[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    rows = test if len(test) else train
+    with torch.no_grad():
+        predicted = model(features[rows])
+    scores = evaluate_predictor(predicted, accuracy[rows])
+    metrics = PredictorMetrics(
+        len(train), len(test), **scores, epochs=epochs, seconds=time.perf_counter() - start
+    )
+    return model, metrics
+
+
+# --------------------------------------------------------------------------- the dataset
+@dataclass
+class AccuracyRecord:
+    arch: Arch
+    accuracy: float
+    meta: dict = field(default_factory=dict)
+
+
+class AccuracyDataset:
+    """Append-only JSON lines of (arch, accuracy, meta), fsynced per line; tolerant reader."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.problems: list[tuple[int, str]] = []
+
+    def read(self, warn: bool = True) -> list[AccuracyRecord]:
+        """Every good row; malformed lines go to `problems` as (line number, reason) and are skipped."""
+        self.problems = []
+        if not self.path.is_file():
+            return []
+        records = []
+        with open(self.path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                    record = AccuracyRecord(
+                        Arch.from_dict(row["arch"]), float(row["accuracy"]), row.get("meta", {})
+                    )
+                except (ValueError, KeyError, TypeError, AttributeError) as err:
+                    truncated = not raw.endswith(b"\n")
+                    reason = "truncated last line" if truncated else f"malformed row ({err})"
+                    self.problems.append((number, reason))
+                    continue
+                records.append(record)
+        if warn:
+            for number, reason in self.problems:
+                warnings.warn(
+                    f"{self.path}:{number}: {reason}; skipped (the good rows are kept)", stacklevel=2
+                )
+        return records
+
+    def __len__(self) -> int:
+        return len(self.read(warn=False))
+
+    def append(self, arch: Arch, accuracy: float, meta: dict | None = None) -> None:
+        """Add one row and make it durable (one write, then fsync) before returning."""
+        line = json.dumps({"arch": arch.to_dict(), "accuracy": float(accuracy), "meta": meta or {}}) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def repair(self) -> int | None:
+        """Move a partially written last line (a killed writer) to `<path>.corrupt`; its line number."""
+        if not self.path.is_file():
+            return None
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return None
+            cut = data.rfind(b"\n") + 1
+            with open(self.path.with_name(self.path.name + ".corrupt"), "ab") as side:
+                side.write(data[cut:] + b"\n")
+            handle.truncate(cut)
+            return data[:cut].count(b"\n") + 1
+
+    def population(self, space: SearchSpace, warn: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(population [N, n_genes], accuracy [N]) of the rows; all must belong to `space`."""
+        records = self.read(warn)
+        if not records:
+            raise PredictorError(f"accuracy dataset {self.path} has no usable rows")
+        others = {r.arch.space for r in records} - {space.name}
+        if others:
+            raise PredictorError(
+                f"accuracy dataset {self.path} holds archs of space(s) {sorted(others)}, not {space.name!r}"
+            )
+        population = space.encode([r.arch for r in records])
+        return population, torch.tensor([r.accuracy for r in records])
+
+
+def unique_samples(space: SearchSpace, n: int, seed: int = 0) -> torch.Tensor:
+    """`n` distinct canonical subnets (resolution included), drawn in a fixed order for a seed."""
+    total = space.count(include_resolution=True)
+    if n > total:
+        raise PredictorError(f"space {space.name!r} has only {total} distinct subnets; asked for {n}")
+    generator = torch.Generator().manual_seed(seed)
+    seen: dict[tuple, None] = {}
+    for _ in range(1000):
+        batch = space.canonical(space.sample(max(64, 2 * (n - len(seen))), generator))
+        for row in batch.tolist():
+            seen.setdefault(tuple(row), None)
+            if len(seen) == n:
+                return torch.tensor(list(seen), dtype=torch.long)
+    raise PredictorError(f"could not draw {n} distinct subnets of {space.name!r}")
+
+
+@dataclass
+class CollectSummary:
+    path: Path
+    planned: int
+    skipped: int
+    evaluated: int
+    seconds: float
+
+
+def collect_accuracy_dataset(
+    evaluate_fn: Callable[[Arch], float],
+    space: SearchSpace,
+    n: int,
+    path: str | Path,
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+    meta: dict | None = None,
+) -> CollectSummary:
+    """Evaluate `n` distinct random subnets (this shard's share), appending each result as it is made.
+
+    The subnets are a fixed list for (space, n, seed); shard (rank, world) takes every world-th one
+    from rank. Subnets already in the file are skipped, so a killed run resumes where it stopped;
+    a partially written last line is moved to `<path>.corrupt`. `evaluate_fn(arch)` returns the
+    accuracy as a fraction.
+    """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise PredictorError(f"shard {rank}/{world} is invalid: need 0 <= rank < world")
+    dataset = AccuracyDataset(path)
+    cut = dataset.repair()
+    if cut is not None:
+        warnings.warn(
+            f"{dataset.path}:{cut}: truncated last line moved to {dataset.path.name}.corrupt", stacklevel=2
+        )
+    done = set()
+    for record in dataset.read():
+        if record.arch.space == space.name:
+            done.add(tuple(space.canonical(space.encode(record.arch))[0].tolist()))
+    mine = unique_samples(space, n, seed)[rank::world]
+    todo = [row for row in mine.tolist() if tuple(row) not in done]
+    start = time.perf_counter()
+    with progress_bar(progress) as bar:
+        task = bar.add_task("evaluating subnets", total=len(mine), completed=len(mine) - len(todo))
+        for arch in space.decode(torch.tensor(todo, dtype=torch.long).reshape(-1, space.n_genes)):
+            began = time.perf_counter()
+            accuracy = float(evaluate_fn(arch))
+            row_meta = {
+                **(meta or {}),
+                "seconds": round(time.perf_counter() - began, 4),
+                "shard": [rank, world],
+            }
+            dataset.append(arch, accuracy, row_meta)
+            bar.update(task, advance=1, description=f"evaluating subnets (last {100 * accuracy:.2f} %)")
+    return CollectSummary(
+        dataset.path, len(mine), len(mine) - len(todo), len(todo), time.perf_counter() - start
+    )

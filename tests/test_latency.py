@@ -1,0 +1,262 @@
+"""Latency tables: spec building, resume after a crash, shards, settings checks, gather-and-sum, validation."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from onceforall import OFAMobileNetV3
+from onceforall.errors import LatencyTableError
+from onceforall.nn.spec import LayerSpec
+from onceforall.specialize.efficiency import distinct_specs
+from onceforall.specialize.latency import (
+    LatencyTable,
+    Measurer,
+    SpecChain,
+    Timing,
+    build_latency_table,
+    current_settings,
+    merge_latency_tables,
+    spec_key,
+    subnet_specs,
+    torch_threads,
+    validate_latency_table,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a small shared machine the thread pool only adds waiting."""
+    with torch_threads(1):
+        yield
+
+
+OVERHEAD = 0.25  # ms the fake backend adds to every whole subnet
+
+
+def small_net(resolutions=(12, 16), **kw) -> OFAMobileNetV3:
+    lists = dict(ks_list=[3, 5], expand_ratio_list=[3, 6], depth_list=[1, 2])
+    lists.update(kw)
+    return OFAMobileNetV3(
+        n_classes=10,
+        width_mult=0.25,
+        in_channels=1,
+        first_stride=1,
+        stage_strides=(2, 2, 1, 1, 1),
+        resolutions=resolutions,
+        dropout_rate=0,
+        **lists,
+    )
+
+
+@pytest.fixture(scope="module")
+def space():
+    return small_net().search_space()
+
+
+def spec_cost(spec: LayerSpec) -> float:
+    """The fake backend's latency of one layer: a deterministic function of its shapes."""
+    return 0.01 + 1e-5 * spec.params + 1e-6 * math.prod(spec.input_shape(1))
+
+
+class FakeBackend:
+    """`measure(module, shape) -> timer`: counts timer calls per layer, optionally dies after `crash_after`."""
+
+    def __init__(self, crash_after: int | None = None, scale: float = 1.0):
+        self.calls: Counter = Counter()
+        self.crash_after, self.scale = crash_after, scale
+
+    def __call__(self, module, shape):
+        if isinstance(module, SpecChain):
+            key, value = None, self.scale * sum(spec_cost(s) for s in module.specs) + OVERHEAD
+        else:
+            spec = module.spec
+            key, value = spec_key(spec), spec_cost(spec)
+
+        def timer() -> Timing:
+            if self.crash_after is not None and sum(self.calls.values()) >= self.crash_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.calls[key] += 1
+            return Timing(value, value, value, 1)
+
+        return timer
+
+
+@pytest.fixture(autouse=True)
+def _spec_on_modules(monkeypatch):
+    """Let the fake backend see which spec a built layer came from."""
+    build = LayerSpec.build
+
+    def tagged(self):
+        module = build(self)
+        module.spec = self
+        return module
+
+    monkeypatch.setattr(LayerSpec, "build", tagged)
+
+
+# --------------------------------------------------------------------------- specs
+def test_built_layers_match_spec_macs_and_params():
+    net = small_net(resolutions=(16,), ks_list=[3, 7], expand_ratio_list=[3, 6], depth_list=[1])
+    specs = distinct_specs(net.search_space())
+    specs += [  # the other ops of LayerSpec
+        LayerSpec("conv", 9, 8, 8, 3, 1, act="relu", shortcut=True),
+        LayerSpec("bottleneck", 9, 16, 32, 3, 2, 8, act="relu"),
+        LayerSpec("bottleneck", 9, 32, 32, 3, 1, 8, act="relu", shortcut=True),
+        LayerSpec("maxpool", 9, 8, 8, 3, 2),
+        LayerSpec("mbconv", 9, 8, 8, 3, 1, 0, act="relu", shortcut=True),
+    ]
+    assert len(specs) == 31
+    counter = FlopCounterMode(display=False)  # one counter (entering one is slow): count differences
+    with counter, torch.no_grad():
+        for spec in specs:
+            layer = spec.build().eval()
+            before = counter.get_total_flops()
+            y = layer(torch.randn(spec.input_shape(2)))
+            assert counter.get_total_flops() - before == 2 * 2 * spec.macs, spec
+            assert sum(p.numel() for p in layer.parameters()) == spec.params, spec
+            if spec.op != "linear":
+                size = 1 if spec.op == "pool" else spec.out_size
+                assert y.shape[1:] == (spec.out_channels, size, size), spec
+
+
+def test_spec_chain_is_the_extracted_subnet(space):
+    net = small_net()
+    population = space.sample(3, torch.Generator().manual_seed(0))
+    for arch, specs in zip(space.decode(population), subnet_specs(space, population)):
+        net.set_arch(arch)
+        subnet = net.get_active_subnet()
+        chain = SpecChain(specs)
+        assert sum(p.numel() for p in chain.parameters()) == sum(p.numel() for p in subnet.parameters())
+        x = torch.randn(1, 1, arch.image_size, arch.image_size)
+        assert chain(x).shape == subnet(x).shape == (1, 10)
+
+
+# --------------------------------------------------------------------------- building and resuming
+def test_build_measures_every_spec_rounds_times_and_calibrates(space, tmp_path):
+    fake = FakeBackend()
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=3, measure=fake)
+    keys = {spec_key(s) for s in distinct_specs(space)}
+    assert set(table.layers) == keys
+    assert {k: n for k, n in fake.calls.items() if k is not None} == {k: 3 for k in keys}
+    cal = table.calibration
+    assert cal.scale == pytest.approx(1.0, abs=1e-9) and cal.overhead_ms == pytest.approx(OVERHEAD, abs=1e-9)
+    # reloading gives the same table; the file records settings
+    loaded = LatencyTable.load(tmp_path / "t.jsonl", expect=current_settings("torch", "cpu", 1, 1))
+    assert loaded.layers == table.layers
+    assert loaded.meta["space"] == space.name and loaded.meta["resolutions"] == [12, 16]
+    for key in ("device_name", "torch", "threads", "batch_size", "backend", "rounds", "statistic"):
+        assert key in loaded.meta
+
+
+def test_killed_build_resumes_without_remeasuring(space, tmp_path):
+    path = tmp_path / "t.jsonl"
+    n_specs = len(distinct_specs(space))
+    first = FakeBackend(crash_after=n_specs + 7)  # dies inside the second round
+    with pytest.raises(KeyboardInterrupt):
+        build_latency_table(space, path, rounds=2, measure=first)
+    with open(path, "a") as handle:  # and was killed in the middle of writing a line
+        handle.write('{"type": "layer", "key": "conv|in_si')
+    second = FakeBackend()
+    table = build_latency_table(space, path, rounds=2, measure=second)
+    layer_calls = {k: n for k, n in second.calls.items() if k is not None}
+    assert sum(layer_calls.values()) == 2 * n_specs - (n_specs + 7)
+    for key, n in layer_calls.items():  # nothing measured twice over both runs
+        assert first.calls[key] + n == 2
+    assert set(table.layers) == {spec_key(s) for s in distinct_specs(space)}
+    assert LatencyTable.load(path).layers == table.layers  # the cut line is gone, the file is clean
+    # a finished table is not measured again
+    third = FakeBackend()
+    build_latency_table(space, path, rounds=2, measure=third)
+    assert sum(third.calls.values()) == 0
+
+
+def test_shards_measure_disjoint_parts_and_merge(space, tmp_path):
+    fakes = [FakeBackend(), FakeBackend()]
+    paths = [tmp_path / f"s{r}.jsonl" for r in range(2)]
+    for rank, (fake, path) in enumerate(zip(fakes, paths)):
+        table = build_latency_table(space, path, rounds=1, shard=(rank, 2), measure=fake)
+        assert table.calibration is None
+    parts = [{k for k in f.calls if k is not None} for f in fakes]
+    assert not parts[0] & parts[1]
+    assert parts[0] | parts[1] == {spec_key(s) for s in distinct_specs(space)}
+    with pytest.raises(LatencyTableError, match="no calibration"):
+        LatencyTable.load(paths[0])
+    with pytest.raises(LatencyTableError, match="lack"):
+        merge_latency_tables(paths[:1], tmp_path / "m.jsonl", space, measure=FakeBackend())
+    merged = merge_latency_tables(paths, tmp_path / "m.jsonl", space, measure=FakeBackend())
+    whole = build_latency_table(space, tmp_path / "w.jsonl", rounds=1, measure=FakeBackend())
+    assert LatencyTable.load(tmp_path / "m.jsonl").layers == merged.layers == whole.layers
+
+
+def test_settings_mismatch_is_refused(space, tmp_path):
+    path = tmp_path / "t.jsonl"
+    build_latency_table(space, path, rounds=1, measure=FakeBackend())
+    with pytest.raises(LatencyTableError, match="threads: table 1, expected 2"):
+        LatencyTable.load(path, expect={"threads": 2})
+    with pytest.raises(LatencyTableError, match="backend: table 'torch', expected 'onnxruntime'"):
+        LatencyTable.load(path, expect=current_settings("onnxruntime", "cpu", 1, 1))
+    with pytest.raises(LatencyTableError, match="device_name"):
+        LatencyTable.load(path, expect={"device_name": "Some Phone"})
+    with pytest.raises(LatencyTableError, match="batch_size"):  # resuming with other settings
+        build_latency_table(space, path, rounds=1, batch_size=4, measure=FakeBackend())
+    table = LatencyTable.load(path)
+    with pytest.raises(LatencyTableError, match="is for space"):
+        table.model(small_net(ks_list=[3, 7]).search_space())
+    with pytest.raises(LatencyTableError, match=r"resolutions \[12, 16\].*\[12, 20\]"):
+        table.model(small_net(resolutions=(12, 20)).search_space())
+    assert table.model(small_net(resolutions=(16,)).search_space())  # a subset of resolutions is fine
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(LatencyTableError, match="unknown backend"):
+        current_settings("tflite")
+    with pytest.raises(LatencyTableError, match="CPU only"):
+        current_settings("onnxruntime", "cuda")
+    with pytest.raises(LatencyTableError, match="shard"):
+        build_latency_table(small_net().search_space(), "/nonexistent/t.jsonl", shard=(2, 2))
+
+
+# --------------------------------------------------------------------------- predicting
+def test_gather_and_sum_equals_python_sum(space, tmp_path):
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend(scale=1.3))
+    cal = table.calibration
+    assert cal.scale == pytest.approx(1.3, rel=1e-6)
+    population = space.sample(50, torch.Generator().manual_seed(3))
+    predicted = table.model(space)(population)
+    layers = table.layers
+    for value, specs in zip(predicted.tolist(), subnet_specs(space, population)):
+        expected = cal.overhead_ms + sum(
+            cal.scale * (layers[spec_key(s)] - cal.call_overhead_ms) for s in specs
+        )
+        assert value == pytest.approx(expected, rel=1e-12)
+        assert value == pytest.approx(1.3 * sum(spec_cost(s) for s in specs) + OVERHEAD, rel=1e-6)
+
+
+def test_validation_reports_and_plots(space, tmp_path):
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend())
+    report = validate_latency_table(table, space, n=12, plot=tmp_path / "v.png", measure=FakeBackend())
+    assert report.within_10 == 1.0 and report.mape < 1e-6 and report.spearman == pytest.approx(1.0)
+    assert (tmp_path / "v.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a device twice as slow as the table says: nothing within 10 %, ranks still right
+    report = validate_latency_table(table, space, n=12, measure=FakeBackend(scale=2.0))
+    assert report.within_10 == 0.0 and report.mape > 40 and report.spearman > 0.9
+    assert json.loads(json.dumps(report.to_dict()))["n"] == 12
+
+
+# --------------------------------------------------------------------------- real backends
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_real_backends_time_a_layer_and_restore_threads(backend):
+    spec = LayerSpec("mbconv", 8, 8, 16, 3, 2, 24, True, "h_swish")
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        timer = Measurer(backend, threads=1, warmup=1, repeats=3)(spec.build(), spec.input_shape(1))
+        timing = timer()
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms and timing.repeats == 3
