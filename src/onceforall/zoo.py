@@ -107,7 +107,10 @@ def pretrained_path(net_id: str) -> Path:
     """The shipped weights of a project-trained supernet (`PRETRAINED`)."""
     path = Path(__file__).parent / "pretrained" / PRETRAINED[net_id]
     if not path.is_file():
-        raise CheckpointError(f"{net_id}: the shipped file {path} is missing; reinstall onceforall")
+        raise CheckpointError(
+            f"{net_id}: {path} is not in this installation; train it with "
+            "`ofa train --config configs/fashion_mnist.yaml` and pass the run's supernet.pt instead"
+        )
     return path
 
 
