@@ -26,6 +26,7 @@ from onceforall.train import (
     load_recipe,
     load_supernet,
     recipe_from_dict,
+    save_supernet,
     set_running_statistics,
 )
 from onceforall.train.trainer import effective_phases
@@ -294,3 +295,30 @@ def test_missing_dataset_folder_says_how_to_install(tmp_path):
     data = {**TINY["data"], "root": str(tmp_path / "nowhere")}
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         Trainer(recipe_from_dict({**copy.deepcopy(TINY), "data": data}), tmp_path / "run", progress=False)
+
+
+@needs_data
+def test_acc_dataset_appends_and_resumes(tmp_path):
+    recipe = recipe_from_dict(copy.deepcopy(TINY))
+    net = OFAMobileNetV3(
+        n_classes=10,
+        width_mult=0.25,
+        in_channels=1,
+        first_stride=1,
+        stage_strides=(2, 2, 2, 1, 1),
+        resolutions=(16, 20),
+        ks_list=[3, 5, 7],
+        expand_ratio_list=[3, 4, 6],
+        depth_list=[2, 3, 4],
+    )
+    save_supernet(net, tmp_path / "supernet.pt", recipe=recipe.to_dict())
+    out = tmp_path / "acc.jsonl"
+    args = ["acc-dataset", "--supernet", str(tmp_path / "supernet.pt"), "--out", str(out), "--seed", "3"]
+    first = CliRunner().invoke(app, [*args, "--n", "3"])
+    assert first.exit_code == 0, first.output
+    assert "3 subnets evaluated, 0 already" in first.output
+    again = CliRunner().invoke(app, [*args, "--n", "4"])
+    assert "1 subnets evaluated, 3 already" in again.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert rows[0]["meta"]["images"] == 64

@@ -147,6 +147,44 @@ def evaluate(
         )
 
 
+@app.command("acc-dataset")
+def acc_dataset(
+    supernet: Annotated[str, typer.Option(help="supernet file written by `ofa train`, or a zoo id")],
+    out: Annotated[Path, typer.Option(help="JSON-lines file; an unfinished one is resumed")],
+    n: Annotated[int, typer.Option(min=1, help="distinct random subnets in all (over all shards)")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the subnet list")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+) -> None:
+    """Accuracy of random subnets on the held-out training images, for the accuracy predictor.
+
+    Each result is appended (and fsynced) as it is made, so a killed run resumes; under torchrun each
+    rank takes every WORLD_SIZE-th subnet of the same list (merge the files, or give each rank its own
+    --out).
+    """
+    import os
+
+    from onceforall.specialize.predictor import collect_accuracy_dataset
+    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet
+
+    shard = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+    with user_errors():
+        net, saved = resolve_supernet(supernet)
+        evaluator, info, images = dataset_evaluator(net, saved, "holdout", None, None, device)
+        summary = collect_accuracy_dataset(
+            lambda arch: evaluator(arch)[0] / 100,
+            net.search_space(),
+            n,
+            out,
+            seed=seed,
+            shard=shard,
+            meta={"supernet": supernet, "dataset": info.name, "images": images},
+        )
+    console.print(
+        f"{summary.evaluated} subnets evaluated, {summary.skipped} already in {summary.path}, "
+        f"{summary.seconds:.0f} s"
+    )
+
+
 @contextmanager
 def user_errors():
     """Print onceforall's own errors as one clear line and exit 2, instead of a traceback."""

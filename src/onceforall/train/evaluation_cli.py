@@ -41,15 +41,14 @@ def pick_arch(net, choice: str, resolution: int | None) -> Arch:
     return space.validate(arch)
 
 
-def evaluate_subnet(
-    supernet: str,
-    arch_choice: str,
-    data: str | None,
-    root: str | None,
-    resolution: int | None,
-    device: str | None,
-) -> dict[str, Any]:
-    net, saved = resolve_supernet(supernet)
+def dataset_evaluator(
+    net, saved: dict[str, Any], split: str, data: str | None, root: str | None, device: str | None
+) -> tuple[SubnetEvaluator, Any, int]:
+    """A SubnetEvaluator scoring `split` ("test" or "holdout") of the data the supernet was trained on.
+
+    BN statistics are recalibrated on augmented training images, as during training. Returns the
+    evaluator, the dataset info and the number of images scored.
+    """
     recipe = saved.get("recipe") or {}
     data_cfg = recipe.get("data", {})
     name = data or data_cfg.get("name")
@@ -63,20 +62,35 @@ def evaluate_subnet(
         )
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net.to(dev, memory_format=torch.channels_last)
-    arch = pick_arch(net, arch_choice, resolution)
-    train, _, test = splits(info, data_cfg.get("holdout", 0), data_cfg.get("limit"))
+    train, holdout, test = splits(info, data_cfg.get("holdout", 0), data_cfg.get("limit"))
+    scored = test if split == "test" else holdout
     crop_scale = data_cfg.get("crop_scale", [0.08, 1.0])
     n_images, batch = recipe.get("bn_calibration_images", 2000), recipe.get("bn_calibration_batch", 200)
 
     def calibration(r: int):
         return calibration_batches(train, info, r, n_images, batch, crop_scale, dev)
 
-    def test_batches(r: int):
+    def batches(r: int):
         return make_loader(
-            test, info, 500, train=False, resolutions=[r], device=dev, memory_format=torch.channels_last
+            scored, info, 500, train=False, resolutions=[r], device=dev, memory_format=torch.channels_last
         )
 
-    top1, loss = SubnetEvaluator(net, calibration, test_batches)(arch)
+    size = len(scored[1]) if isinstance(scored, tuple) else len(scored)
+    return SubnetEvaluator(net, calibration, batches), info, size
+
+
+def evaluate_subnet(
+    supernet: str,
+    arch_choice: str,
+    data: str | None,
+    root: str | None,
+    resolution: int | None,
+    device: str | None,
+) -> dict[str, Any]:
+    net, saved = resolve_supernet(supernet)
+    evaluator, info, images = dataset_evaluator(net, saved, "test", data, root, device)
+    arch = pick_arch(net, arch_choice, resolution)
+    top1, loss = evaluator(arch)
     space = net.search_space()
     return {
         "supernet": supernet,
@@ -86,7 +100,7 @@ def evaluate_subnet(
         "image_size": arch.image_size,
         "top1": top1,
         "loss": loss,
-        "images": len(test[1]) if isinstance(test, tuple) else len(test),
+        "images": images,
         "macs": int(count_macs(space, arch).item()),
         "params": int(count_params(space, arch).item()),
     }
