@@ -160,9 +160,6 @@ class SearchSpace:
                 return i
         raise KeyError((name, position))
 
-    def _table(self, attr: str) -> torch.Tensor:
-        return torch.tensor([getattr(g, attr) for g in self.genes])
-
     # ----------------------------------------------------------------- arch <-> population
     def validate(self, arch: Arch) -> Arch:
         """Return `arch` if it belongs to this space, else raise ArchError naming the field."""
@@ -260,7 +257,7 @@ class SearchSpace:
         """Resample each gene group with its kind's probability (a block's kernel and expand together)."""
         population = self._check(population)
         prob = {**DEFAULT_MUTATION, **(prob or {})}
-        groups = self._table("group")
+        groups = torch.tensor([g.group for g in self.genes])
         n_groups = int(groups.max()) + 1
         group_prob = torch.zeros(n_groups, dtype=torch.float64)
         for g in self.genes:
@@ -301,8 +298,7 @@ class SearchSpace:
     def onehot(self, population: torch.Tensor) -> torch.Tensor:
         """Predictor features: one-hot per gene, skipped blocks all-zero, implied depths omitted."""
         population = self._check(population)
-        implied = {s.depth_gene for s in self.stages if any(g.slot in s.slots for g in self.genes)}
-        encoded = [i for i in range(self.n_genes) if i not in implied]
+        encoded = self.encoded_genes
         widths = torch.tensor([len(self.genes[i].choices) for i in encoded])
         offsets = torch.cumsum(widths, 0) - widths
         out = torch.zeros(len(population), int(widths.sum()))
@@ -315,8 +311,15 @@ class SearchSpace:
         return out
 
     @property
+    def encoded_genes(self) -> list[int]:
+        """The genes `onehot` encodes: all but depths implied by which blocks are zero."""
+        implied = {s.depth_gene for s in self.stages if any(g.slot in s.slots for g in self.genes)}
+        return [i for i in range(self.n_genes) if i not in implied]
+
+    @property
     def onehot_dim(self) -> int:
-        return self.onehot(self.sample(1)).shape[1]
+        """Width of `onehot` features."""
+        return sum(len(self.genes[i].choices) for i in self.encoded_genes)
 
     def count(self, include_resolution: bool = False) -> int:
         """Exact number of distinct subnets (skipped blocks' choices do not count)."""

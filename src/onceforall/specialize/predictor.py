@@ -52,8 +52,7 @@ class OneHot:
 
     def __init__(self, space: SearchSpace):
         self.space = space
-        implied = {s.depth_gene for s in space.stages if any(g.slot in s.slots for g in space.genes)}
-        self.encoded = torch.tensor([i for i in range(space.n_genes) if i not in implied], dtype=torch.long)
+        self.encoded = torch.tensor(space.encoded_genes, dtype=torch.long)
         widths = torch.tensor([len(space.genes[i].choices) for i in self.encoded.tolist()])
         self.offsets = torch.cumsum(widths, 0) - widths
         self.dim = int(widths.sum())

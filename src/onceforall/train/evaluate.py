@@ -20,15 +20,16 @@ SINGLE = World()
 def accuracy(model: nn.Module, batches, world: World = SINGLE) -> tuple[float, float]:
     """Top-1 accuracy (%) and mean cross-entropy over `batches`, summed across ranks."""
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
+    device = next(model.parameters()).device
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, loss sum, count
     for images, labels in batches:
         if len(labels) == 0:
             continue
         logits = model(images).float()
-        totals[0] += (logits.argmax(1) == labels).sum().item()
-        totals[1] += F.cross_entropy(logits, labels, reduction="sum").item()
+        totals[0] += (logits.argmax(1) == labels).sum()
+        totals[1] += F.cross_entropy(logits, labels, reduction="sum")
         totals[2] += len(labels)
-    all_reduce_sum(totals, world)
+    totals = all_reduce_sum(totals, world).cpu()
     if totals[2] == 0:
         raise ValueError("no images to evaluate on")
     return (100 * totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
@@ -44,12 +45,10 @@ class SubnetEvaluator:
     def __init__(
         self, net: nn.Module, calibration_loader: Loader, eval_loader: Loader, world: World = SINGLE
     ):
-        self.net, self.calibration_loader, self.eval_loader, self.world = (
-            net,
-            calibration_loader,
-            eval_loader,
-            world,
-        )
+        self.net = net
+        self.calibration_loader = calibration_loader
+        self.eval_loader = eval_loader
+        self.world = world
         self._calibration: dict[int, list[torch.Tensor]] = {}
 
     def calibration_batches(self, resolution: int) -> list[torch.Tensor]:
