@@ -185,6 +185,46 @@ def acc_dataset(
     )
 
 
+@app.command()
+def specialize(
+    supernet: Annotated[str, typer.Option(help="supernet file written by `ofa train`, or a zoo id")],
+    predictor: Annotated[Path, typer.Option(help="accuracy predictor (`ofa predictor fit`)")],
+    budgets: Annotated[str, typer.Option(help="comma-separated latency budgets, e.g. 2ms,4ms,8ms")],
+    table: Annotated[
+        Path, typer.Option(help="latency table; measured here first if the file is missing")
+    ] = Path("runs/specialize/latency.jsonl"),
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime")] = "torch",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of the target")] = 1,
+    out: Annotated[Path, typer.Option(help="report.md, pareto.png, results.json, exported subnets")] = Path(
+        "runs/specialize"
+    ),
+    seed: Annotated[int, typer.Option(help="search seed")] = 0,
+) -> None:
+    """Best subnet per latency budget: search, extract, recalibrate BN, score, measure, export, report."""
+    from onceforall.specialize.commands import parse_quantity
+    from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
+    from onceforall.specialize.pipeline import specialize as run
+    from onceforall.specialize.predictor import AccuracyPredictor
+    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet
+
+    with user_errors():
+        limits = [parse_quantity(b, "time") for b in budgets.split(",") if b.strip()]
+        net, saved = resolve_supernet(supernet)
+        evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu")
+        space = net.search_space()
+        if table.is_file():
+            latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
+        else:
+            latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
+        results = run(evaluator, AccuracyPredictor.load(predictor, space), latency, limits, out, seed)
+    for r in results:
+        console.print(
+            f"{r.budget_ms:g} ms: predicted {r.predicted_ms:.2f} ms / measured {r.measured_ms:.2f} ms, "
+            f"top-1 {r.top1:.2f} % (predicted {r.predicted_top1:.2f} %), {r.macs / 1e6:.1f}M MACs"
+        )
+    console.print(f"report: {out / 'report.md'}, plot: {out / 'pareto.png'}, models: {out}/budget_*/")
+
+
 @contextmanager
 def user_errors():
     """Print onceforall's own errors as one clear line and exit 2, instead of a traceback."""

@@ -1,0 +1,127 @@
+"""`ofa specialize`: from a trained supernet to exported subnets for latency budgets, with a report.
+
+For each budget: constrained evolution on the predictor and the latency table, extraction, BN
+recalibration, test accuracy, end-to-end latency measured on the backend, export (checked against
+PyTorch), then one report.md with a table and a Pareto plot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from onceforall.export import export_subnet
+from onceforall.io import write_json_atomic, write_text_atomic
+from onceforall.specialize.efficiency import count_macs, count_params
+from onceforall.specialize.latency import LatencyTable, summarize, table_measurer
+from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.specialize.search import evolution_search
+from onceforall.train.evaluate import SubnetEvaluator, accuracy
+
+
+@dataclass
+class Specialized:
+    """One budget's subnet: predicted vs measured latency and accuracy, size, exported files."""
+
+    budget_ms: float
+    arch: dict
+    predicted_ms: float
+    measured_ms: float
+    predicted_top1: float
+    top1: float
+    macs: int
+    params: int
+    files: list[str]
+
+
+def specialize(
+    evaluator: SubnetEvaluator,
+    predictor: AccuracyPredictor,
+    table: LatencyTable,
+    budgets_ms: Sequence[float],
+    out: str | Path,
+    seed: int = 0,
+    rounds: int = 5,
+) -> list[Specialized]:
+    """Search, extract, recalibrate, score, measure and export one subnet per budget into `out`."""
+    out = Path(out)
+    net = evaluator.net
+    space = net.search_space()
+    latency, predict = table.model(space), predictor.bind(space)
+    measure = table_measurer(table)
+    results = []
+    for budget in budgets_ms:
+        search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
+        arch = search.best_arch
+        subnet = evaluator.subnet(arch)
+        top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
+        shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
+        timer = measure(subnet.cpu().to(memory_format=torch.contiguous_format), shape)
+        measured = summarize([timer() for _ in range(rounds)])
+        folder = out / f"budget_{budget:g}ms"
+        reports = export_subnet(subnet, shape, folder)
+        arch.to_json(folder / "arch.json")
+        results.append(
+            Specialized(
+                budget_ms=budget,
+                arch=arch.to_dict(),
+                predicted_ms=float(latency(space.encode(arch))[0]),
+                measured_ms=measured,
+                predicted_top1=100 * float(predict(space.encode(arch))[0]),
+                top1=top1,
+                macs=int(count_macs(space, arch)[0]),
+                params=int(count_params(space, arch)[0]),
+                files=[str(r.path) for r in reports],
+            )
+        )
+    write_json_atomic([asdict(r) for r in results], out / "results.json")
+    plot_pareto(results, space, predict, latency, out / "pareto.png", seed)
+    write_text_atomic(report(results, table, space.name), out / "report.md")
+    return results
+
+
+def plot_pareto(results: list[Specialized], space, predict, latency, path: Path, seed: int) -> None:
+    """Predicted accuracy vs predicted latency of random subnets, with the chosen ones marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    population = space.sample(2000, torch.Generator().manual_seed(seed))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(
+        latency(population), 100 * predict(population), s=3, alpha=0.3, label="random subnets (predicted)"
+    )
+    ax.scatter(
+        [r.measured_ms for r in results], [r.top1 for r in results], c="red", label="chosen (measured)"
+    )
+    for r in results:
+        ax.axvline(r.budget_ms, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(results: list[Specialized], table: LatencyTable, space: str) -> str:
+    m = table.meta
+    lines = [
+        f"# Specialized subnets of `{space}`",
+        "",
+        f"Backend {m['backend']} on {m['device_name']}, {m['threads']} thread(s), batch {m['batch_size']}.",
+        "",
+        "| budget (ms) | predicted (ms) | measured (ms) | predicted top-1 | top-1 | MACs (M) | params (M) | R |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.budget_ms:g} | {r.predicted_ms:.2f} | {r.measured_ms:.2f} | {r.predicted_top1:.2f} | "
+            f"{r.top1:.2f} | {r.macs / 1e6:.1f} | {r.params / 1e6:.2f} | {r.arch['image_size']} |"
+        )
+    lines += ["", "![predicted accuracy vs latency](pareto.png)", ""]
+    return "\n".join(lines)
