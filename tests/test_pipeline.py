@@ -1,35 +1,19 @@
 """`ofa specialize`'s pipeline: search per budget, extract, recalibrate, score, measure, export, report."""
 
-import copy
 import json
 from pathlib import Path
 
-import torch
-from test_train import TINY, needs_data
+from test_train import needs_data, save_tiny_supernet
 
-from onceforall import OFAMobileNetV3
 from onceforall.specialize.latency import build_latency_table
 from onceforall.specialize.pipeline import specialize
 from onceforall.specialize.predictor import AccuracyPredictor
-from onceforall.train import recipe_from_dict, save_supernet
 from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet
 
 
 @needs_data
 def test_specialize_one_budget_end_to_end(tmp_path: Path):
-    torch.manual_seed(0)
-    net = OFAMobileNetV3(
-        n_classes=10,
-        width_mult=0.25,
-        in_channels=1,
-        first_stride=1,
-        stage_strides=(2, 2, 2, 1, 1),
-        resolutions=(16, 20),
-        ks_list=[3, 5, 7],
-        expand_ratio_list=[3, 4, 6],
-        depth_list=[2, 3, 4],
-    )
-    save_supernet(net, tmp_path / "supernet.pt", recipe=recipe_from_dict(copy.deepcopy(TINY)).to_dict())
+    save_tiny_supernet(tmp_path / "supernet.pt")
     net, saved = resolve_supernet(str(tmp_path / "supernet.pt"))
     evaluator, _, images = dataset_evaluator(net, saved, "test", None, None, "cpu")
     space = net.search_space()

@@ -189,6 +189,23 @@ def test_tiny_run_trains_every_phase_and_evaluates(tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
 
 
+def save_tiny_supernet(path: Path) -> None:
+    """An untrained supernet in TINY's layout, saved with TINY's recipe (as `ofa train` would)."""
+    torch.manual_seed(0)
+    net = OFAMobileNetV3(
+        n_classes=10,
+        width_mult=0.25,
+        in_channels=1,
+        first_stride=1,
+        stage_strides=(2, 2, 2, 1, 1),
+        resolutions=(16, 20),
+        ks_list=[3, 5, 7],
+        expand_ratio_list=[3, 4, 6],
+        depth_list=[2, 3, 4],
+    )
+    save_supernet(net, path, recipe=recipe_from_dict(copy.deepcopy(TINY)).to_dict())
+
+
 def run_cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -299,19 +316,7 @@ def test_missing_dataset_folder_says_how_to_install(tmp_path):
 
 @needs_data
 def test_acc_dataset_appends_and_resumes(tmp_path):
-    recipe = recipe_from_dict(copy.deepcopy(TINY))
-    net = OFAMobileNetV3(
-        n_classes=10,
-        width_mult=0.25,
-        in_channels=1,
-        first_stride=1,
-        stage_strides=(2, 2, 2, 1, 1),
-        resolutions=(16, 20),
-        ks_list=[3, 5, 7],
-        expand_ratio_list=[3, 4, 6],
-        depth_list=[2, 3, 4],
-    )
-    save_supernet(net, tmp_path / "supernet.pt", recipe=recipe.to_dict())
+    save_tiny_supernet(tmp_path / "supernet.pt")
     out = tmp_path / "acc.jsonl"
     args = ["acc-dataset", "--supernet", str(tmp_path / "supernet.pt"), "--out", str(out), "--seed", "3"]
     first = CliRunner().invoke(app, [*args, "--n", "3"])

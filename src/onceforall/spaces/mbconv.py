@@ -14,7 +14,7 @@ from onceforall.arch import Arch
 from onceforall.errors import ArchError
 from onceforall.nn.dynamic import DynamicMBConvLayer
 from onceforall.nn.static import IdentityLayer, ResidualBlock
-from onceforall.spaces.common import Supernet, set_bn_param, to_list
+from onceforall.spaces.common import Supernet, check_input, set_bn_param, to_list
 
 
 def mbconv_stages(
@@ -79,6 +79,14 @@ class MBConvSupernet(Supernet):
     def bn_param(self) -> tuple[float, float]:
         bn = self.first_conv.bn
         return bn.momentum, bn.eps
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """First conv, the static first block and the active elastic blocks (the head is the subclass's)."""
+        check_input(x, self.in_channels, self.total_stride)
+        x = self.blocks[0](self.first_conv(x))
+        for index in self.active_blocks():
+            x = self.blocks[index](x)
+        return x
 
     def depth_choices(self, stage: int) -> list[int]:
         """Depths accepted for a stage; a stage shorter than the depth list also runs whole."""

@@ -21,7 +21,7 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import check_input, set_bn_param, to_list
+from onceforall.spaces.common import set_bn_param, to_list
 from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
@@ -164,11 +164,7 @@ class OFAMobileNetV3(MBConvSupernet):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, self.total_stride)
-        x = self.blocks[0](self.first_conv(x))
-        for group, depth in zip(self.block_group_info, self.runtime_depth):
-            for index in group[:depth]:
-                x = self.blocks[index](x)
+        x = self.forward_blocks(x)
         x = self.final_expand_layer(x)
         x = self.feature_mix_layer(x.mean((2, 3), keepdim=True))
         return self.classifier(x.flatten(1))

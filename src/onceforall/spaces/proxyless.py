@@ -25,7 +25,7 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import check_input, set_bn_param, to_list
+from onceforall.spaces.common import set_bn_param, to_list
 from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 from onceforall.spaces.mobilenet_v3 import IMAGENET_RESOLUTIONS, _check_args, _digits
 
@@ -164,11 +164,7 @@ class OFAProxylessNASNets(MBConvSupernet):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, self.total_stride)
-        x = self.blocks[0](self.first_conv(x))
-        for group, depth in zip(self.block_group_info, self.runtime_depth):
-            for index in group[:depth]:
-                x = self.blocks[index](x)
+        x = self.forward_blocks(x)
         x = self.feature_mix_layer(x)
         return self.classifier(x.mean((2, 3)))
 
