@@ -1,23 +1,67 @@
-"""The `ofa` command line."""
+"""The `ofa` command line: specialize and demo (the sub-commands are in test_specialize_cli)."""
 
 import json
+from pathlib import Path
 
-import torch
+import pytest
+from test_train import needs_data, save_tiny_supernet
 from typer.testing import CliRunner
 
-from onceforall import Arch, MobileNetV3
 from onceforall.cli import app
+from onceforall.specialize.commands import make_supernet
+from onceforall.specialize.latency import build_latency_table
+from onceforall.specialize.predictor import AccuracyPredictor
 
 
-def test_demo_prints_table_and_writes_a_loadable_subnet(tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--samples", "1", "--out", str(tmp_path)])
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """A tiny supernet file, a predictor for its space and a quickly measured latency table."""
+    folder = tmp_path_factory.mktemp("tiny")
+    save_tiny_supernet(folder / "supernet.pt")
+    space = make_supernet(str(folder / "supernet.pt")).search_space()
+    AccuracyPredictor.for_space(space).save(folder / "predictor.pt")
+    build_latency_table(space, folder / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2)
+    return {
+        "supernet": folder / "supernet.pt",
+        "predictor": folder / "predictor.pt",
+        "table": folder / "lat.jsonl",
+    }
+
+
+def specialize(tiny: dict[str, Path], out: Path, *extra: str):
+    args = ["specialize", "--supernet", tiny["supernet"], "--predictor", tiny["predictor"]]
+    args += ["--table", tiny["table"], "--out", out, *extra]
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@needs_data
+def test_specialize_spreads_three_budgets_by_default(tiny, tmp_path):
+    result = specialize(tiny, tmp_path)
     assert result.exit_code == 0, result.output
-    assert "2.176e+19 architectures" in result.output
-    assert "random 0" in result.output and "latency (ms)" in result.output
-    config = json.loads((tmp_path / "net.config").read_text())
-    subnet = MobileNetV3.build_from_config(config)
-    state = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
-    subnet.load_state_dict(state)
-    arch = Arch.from_json(tmp_path / "arch.json")
-    assert len(subnet.blocks) == 1 + sum(arch.d)
-    assert subnet.eval()(torch.randn(1, 3, arch.image_size, arch.image_size)).shape == (1, 1000)
+    results = json.loads((tmp_path / "results.json").read_text())
+    budgets = [r["budget_ms"] for r in results]
+    assert len(budgets) == 3 and budgets == sorted(set(budgets))
+    assert all(r["predicted_ms"] <= r["budget_ms"] for r in results)
+    assert sorted(p.name for p in tmp_path.glob("budget_*")) == sorted(f"budget_{b:g}ms" for b in budgets)
+    assert "specialized subnets" in result.output and "report.md" in result.output
+
+
+@needs_data
+def test_specialize_errors_are_one_clear_line(tiny, tmp_path):
+    result = specialize(tiny, tmp_path, "--budgets", "0.0001ms")
+    assert result.exit_code == 2 and "the smallest achievable is" in flat(result.output)
+    result = specialize(tiny, tmp_path, "--budgets", "fast")
+    assert result.exit_code == 2 and "write e.g." in flat(result.output)
+    result = specialize(tiny, tmp_path, "--threads", "2")
+    assert result.exit_code == 2 and "threads" in flat(result.output)  # the table was measured with 1
+
+
+@needs_data
+def test_demo_needs_a_shipped_predictor(tiny, tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--supernet", str(tiny["supernet"]), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "ships no accuracy predictor; pass --predictor" in flat(result.output)

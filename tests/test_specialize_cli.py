@@ -154,3 +154,14 @@ def test_pareto_and_export(predictor_file, tmp_path):
     (report,) = last_json(result)["exports"]
     assert report["format"] == "onnx" and report["max_abs_diff"] <= 1e-4
     assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "arch.json").is_file()
+
+
+def test_space_can_be_a_trained_supernet_file(tmp_path):
+    from test_train import save_tiny_supernet
+
+    save_tiny_supernet(tmp_path / "supernet.pt")
+    assert make_supernet(str(tmp_path / "supernet.pt")).search_space().resolutions == (16, 20)
+    with pytest.raises(OFAError, match="cannot change the space"):
+        make_supernet(str(tmp_path / "supernet.pt"), "24")
+    with pytest.raises(OFAError, match="ofa_mbv3_fashion_mnist"):
+        make_supernet(str(tmp_path / "missing.pt"))

@@ -6,19 +6,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
-from onceforall.arch import Arch
 from onceforall.errors import OFAError
-from onceforall.io import save_atomic, write_json_atomic
-from onceforall.spaces import OFAMobileNetV3
-from onceforall.specialize import count_macs, count_params
 from onceforall.specialize.commands import app as specialize_app
-from onceforall.specialize.measure import time_forward
 
 app = typer.Typer(
     help="Once-for-All: train one supernet, specialize it for every device.", no_args_is_help=True
@@ -29,66 +22,38 @@ app.registered_groups.extend(specialize_app.registered_groups)
 app.registered_commands.extend(specialize_app.registered_commands)
 
 
-def describe(arch: Arch) -> str:
-    """A one-line summary: resolution, depths, mean kernel and expand ratio of the active blocks."""
-    per_stage = len(arch.ks) // len(arch.d)
-    active = [i for s, d in enumerate(arch.d) for i in range(s * per_stage, s * per_stage + d)]
-    mean_k = sum(arch.ks[i] for i in active) / len(active)
-    mean_e = sum(arch.e[i] for i in active) / len(active)
-    return f"R{arch.image_size} D{''.join(map(str, arch.d))} K{mean_k:.1f} E{mean_e:.1f}"
-
-
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="where the extracted subnet is written")] = Path("runs/demo"),
-    samples: Annotated[int, typer.Option(min=1, help="random subnets besides the largest and smallest")] = 5,
-    seed: Annotated[int, typer.Option(help="seed of the subnet sampler")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads for latency (0: torch's default)")] = 0,
+    supernet: Annotated[str, typer.Option(help="zoo id or supernet file")] = "ofa_mbv3_fashion_mnist",
+    predictor: Annotated[
+        Path | None, typer.Option(help="accuracy predictor (default: the zoo id's shipped one)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="latency table, report, plot and exported subnets")] = Path(
+        "runs/demo"
+    ),
+    budgets: Annotated[
+        str, typer.Option(help="comma-separated latency budgets (default: three spread over the space)")
+    ] = "",
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime")] = "torch",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of the target")] = 1,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs per subnet")] = 0,
 ) -> None:
-    """Build OFA-MobileNetV3 w1.0, size its space, profile a few subnets, and extract one."""
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    net = OFAMobileNetV3(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4], dropout_rate=0)
-    net.eval()
-    space = net.search_space()
-    console.print(
-        f"[bold]{space.name}[/]: {sum(p.numel() for p in net.parameters()):,} parameters (untrained)"
-    )
-    console.print(
-        f"subnets: {space.count():.3e} architectures, {space.count(include_resolution=True):.3e} "
-        f"with {len(space.resolutions)} resolutions ({space.resolutions[0]}-{space.resolutions[-1]} px)"
-    )
-    generator = torch.Generator().manual_seed(seed)
-    archs = [("max", space.max_arch()), ("min", space.min_arch(space.resolutions[0]))]
-    archs += [(f"random {i}", a) for i, a in enumerate(space.decode(space.sample(samples, generator)))]
-    macs = count_macs(space, [a for _, a in archs]) / 1e6
-    params = count_params(space, [a for _, a in archs]) / 1e6
+    """Specialize the shipped Fashion-MNIST supernet for this CPU at three latency budgets.
 
-    table = Table(
-        title=f"subnets: MACs, parameters and CPU latency (batch 1, {torch.get_num_threads()} threads)"
-    )
-    for column in ("subnet", "architecture", "MACs (M)", "params (M)", "latency (ms)"):
-        table.add_column(column, justify="left" if column in ("subnet", "architecture") else "right")
-    for (name, arch), m, p in track(
-        list(zip(archs, macs.tolist(), params.tolist())), description="measuring"
-    ):
-        net.set_arch(arch)
-        subnet = net.get_active_subnet().to(memory_format=torch.channels_last)
-        x = torch.randn(1, 3, arch.image_size, arch.image_size).contiguous(memory_format=torch.channels_last)
-        timing = time_forward(subnet, x, warmup=3, repeats=10)
-        table.add_row(name, describe(arch), f"{m:.1f}", f"{p:.2f}", f"{timing.median_ms:.2f}")
-    console.print(table)
-
-    name, arch = archs[2] if len(archs) > 2 else archs[0]
-    net.set_arch(arch)
-    subnet = net.get_active_subnet()
-    save_atomic({"state_dict": subnet.state_dict()}, out / "model.pt")
-    write_json_atomic(net.get_active_net_config(), out / "net.config")
-    arch.to_json(out / "arch.json")
-    console.print(
-        f"extracted '{name}' ({describe(arch)}) to {out}/: model.pt, net.config (official JSON), arch.json"
-    )
+    Measures a latency table here (reused on later runs), searches with the shipped accuracy
+    predictor, extracts each subnet, recalibrates BN, scores it on the test set, measures it and
+    exports it to ONNX and torch.export.
+    """
+    with user_errors():
+        limits = parse_budgets(budgets)
+        table = out / f"latency_{backend}_{threads}t.jsonl"
+        console.print(
+            f"[bold]specializing {supernet}[/] for this CPU ({backend}, {threads} thread(s), batch 1)"
+        )
+        results = specialize_supernet(
+            supernet, limits, predictor, table, backend, threads, out, finetune_epochs, 0.01, 0
+        )
+    print_specialized(results, out)
 
 
 @app.callback()
@@ -188,8 +153,13 @@ def acc_dataset(
 @app.command()
 def specialize(
     supernet: Annotated[str, typer.Option(help="supernet file written by `ofa train`, or a zoo id")],
-    predictor: Annotated[Path, typer.Option(help="accuracy predictor (`ofa predictor fit`)")],
-    budgets: Annotated[str, typer.Option(help="comma-separated latency budgets, e.g. 2ms,4ms,8ms")],
+    budgets: Annotated[
+        str, typer.Option(help="comma-separated latency budgets, e.g. 2ms,4ms,8ms (default: three spread)")
+    ] = "",
+    predictor: Annotated[
+        Path | None,
+        typer.Option(help="accuracy predictor (`ofa predictor fit`; default: the zoo id's shipped one)"),
+    ] = None,
     table: Annotated[
         Path, typer.Option(help="latency table; measured here first if the file is missing")
     ] = Path("runs/specialize/latency.jsonl"),
@@ -198,30 +168,93 @@ def specialize(
     out: Annotated[Path, typer.Option(help="report.md, pareto.png, results.json, exported subnets")] = Path(
         "runs/specialize"
     ),
+    finetune_epochs: Annotated[
+        int, typer.Option(min=0, help="fine-tune each subnet this many epochs, distilling from the largest")
+    ] = 0,
+    finetune_lr: Annotated[float, typer.Option(min=0.0, help="fine-tuning learning rate (cosine)")] = 0.01,
     seed: Annotated[int, typer.Option(help="search seed")] = 0,
 ) -> None:
     """Best subnet per latency budget: search, extract, recalibrate BN, score, measure, export, report."""
+    with user_errors():
+        limits = parse_budgets(budgets)
+        results = specialize_supernet(
+            supernet, limits, predictor, table, backend, threads, out, finetune_epochs, finetune_lr, seed
+        )
+    print_specialized(results, out)
+
+
+def parse_budgets(text: str) -> list[float] | None:
+    """'2ms,4ms' -> [2.0, 4.0]; empty -> None (three budgets spread over the space)."""
     from onceforall.specialize.commands import parse_quantity
+
+    return [parse_quantity(b, "time") for b in text.split(",") if b.strip()] or None
+
+
+def specialize_supernet(
+    supernet: str,
+    budgets_ms: list[float] | None,
+    predictor: Path | None,
+    table: Path,
+    backend: str,
+    threads: int,
+    out: Path,
+    finetune_epochs: int = 0,
+    finetune_lr: float = 0.01,
+    seed: int = 0,
+):
+    """`ofa specialize` and `ofa demo`: budgets None picks three between the smallest and largest subnet."""
+    from onceforall import zoo
+    from onceforall.specialize.finetune import finetune
     from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
     from onceforall.specialize.pipeline import specialize as run
     from onceforall.specialize.predictor import AccuracyPredictor
-    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet
+    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet, training_loader
 
-    with user_errors():
-        limits = [parse_quantity(b, "time") for b in budgets.split(",") if b.strip()]
-        net, saved = resolve_supernet(supernet)
-        evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu")
-        space = net.search_space()
-        if table.is_file():
-            latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
-        else:
-            latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
-        results = run(evaluator, AccuracyPredictor.load(predictor, space), latency, limits, out, seed)
+    net, saved = resolve_supernet(supernet)
+    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu")
+    space = net.search_space()
+    predictor = predictor or zoo.pretrained_predictor_path(supernet)
+    accuracy_model = AccuracyPredictor.load(predictor, space)
+    if table.is_file():
+        latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
+    else:
+        latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
+    if budgets_ms is None:
+        budgets_ms = spread_budgets(latency, space)
+    tune = None
+    if finetune_epochs:
+        loader = training_loader(net, saved, None, None, "cpu", seed)
+
+        def tune(subnet, arch):
+            teacher = evaluator.subnet(space.max_arch(arch.image_size))
+            finetune(subnet, teacher, loader(arch.image_size), finetune_epochs, finetune_lr)
+
+    return run(evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune)
+
+
+def spread_budgets(latency, space, fractions=(0.2, 0.45, 0.8)) -> list[float]:
+    """Budgets (ms, two decimals) at `fractions` of the way from the smallest to the largest subnet."""
+    model = latency.model(space)
+    archs = [space.min_arch(min(space.resolutions)), space.max_arch(max(space.resolutions))]
+    low, high = model(space.encode(archs)).tolist()
+    return [round(low + f * (high - low), 2) for f in fractions]
+
+
+def print_specialized(results, out: Path) -> None:
+    table = Table(title="specialized subnets (latency measured on this machine, top-1 on the test set)")
+    for column in ("budget (ms)", "predicted (ms)", "measured (ms)", "predicted top-1", "top-1", "MACs (M)"):
+        table.add_column(column, justify="right")
     for r in results:
-        console.print(
-            f"{r.budget_ms:g} ms: predicted {r.predicted_ms:.2f} ms / measured {r.measured_ms:.2f} ms, "
-            f"top-1 {r.top1:.2f} % (predicted {r.predicted_top1:.2f} %), {r.macs / 1e6:.1f}M MACs"
+        top1 = f"{r.top1:.2f}" + (f" -> {r.finetuned_top1:.2f}" if r.finetuned_top1 is not None else "")
+        table.add_row(
+            f"{r.budget_ms:g}",
+            f"{r.predicted_ms:.2f}",
+            f"{r.measured_ms:.2f}",
+            f"{r.predicted_top1:.2f}",
+            top1,
+            f"{r.macs / 1e6:.1f}",
         )
+    console.print(table)
     console.print(f"report: {out / 'report.md'}, plot: {out / 'pareto.png'}, models: {out}/budget_*/")
 
 

@@ -36,8 +36,10 @@ SUPERNETS: dict[str, Callable[..., nn.Module]] = {
     ),
 }
 
-# Supernets trained by this project and shipped inside the package (files under onceforall/pretrained/).
+# Supernets trained by this project and shipped inside the package (files under onceforall/pretrained/),
+# each with the accuracy predictor fitted on its accuracy dataset.
 PRETRAINED = {"ofa_mbv3_fashion_mnist": "ofa_mbv3_fashion_mnist.pt"}
+PRETRAINED_PREDICTORS = {"ofa_mbv3_fashion_mnist": "ofa_mbv3_fashion_mnist.predictor.pt"}
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "MobileNetV3": MobileNetV3,
@@ -110,6 +112,22 @@ def pretrained_path(net_id: str) -> Path:
         raise CheckpointError(
             f"{net_id}: {path} is not in this installation; train it with "
             "`ofa train --config configs/fashion_mnist.yaml` and pass the run's supernet.pt instead"
+        )
+    return path
+
+
+def pretrained_predictor_path(net_id: str) -> Path:
+    """The shipped accuracy predictor of a project-trained supernet (`PRETRAINED_PREDICTORS`)."""
+    if net_id not in PRETRAINED_PREDICTORS:
+        raise CheckpointError(
+            f"{net_id} ships no accuracy predictor; pass --predictor (make one with `ofa acc-dataset` "
+            "and `ofa predictor fit`)"
+        )
+    path = Path(__file__).parent / "pretrained" / PRETRAINED_PREDICTORS[net_id]
+    if not path.is_file():
+        raise CheckpointError(
+            f"{net_id}: {path} is not in this installation; make it with `ofa acc-dataset` and "
+            "`ofa predictor fit` (see docs/specialize.md)"
         )
     return path
 

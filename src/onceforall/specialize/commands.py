@@ -49,18 +49,37 @@ SPACES = {
     ),
 }
 
-SpaceOpt = Annotated[str, typer.Option("--space", help=f"supernet: one of {', '.join(SPACES)}")]
+SpaceOpt = Annotated[
+    str,
+    typer.Option(
+        "--space", help=f"supernet: one of {', '.join(SPACES)}, a shipped zoo id or a supernet file"
+    ),
+]
 ResOpt = Annotated[str, typer.Option(help="comma-separated input resolutions (default: the space's)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON on the last stdout line")]
 
 
 # --------------------------------------------------------------------------- parsing helpers
 def make_supernet(name: str, resolutions: str = "", checkpoint: Path | None = None) -> OFAMobileNetV3:
-    """A supernet by factory name and resolutions (weights from `checkpoint` if given)."""
-    if name not in SPACES:
-        raise OFAError(f"unknown space {name!r}; choose one of {sorted(SPACES)}")
+    """A supernet by factory name and resolutions, or a trained one by file or zoo id (its own space).
+
+    Weights come from `checkpoint` if given.
+    """
+    from onceforall import zoo
+    from onceforall.train.checkpoint import load_supernet
+
     res = tuple(int(r) for r in resolutions.split(",") if r.strip()) if resolutions else None
-    net = SPACES[name](res)
+    if name in SPACES:
+        net = SPACES[name](res)
+    elif name in zoo.PRETRAINED or Path(name).is_file():
+        if res is not None:
+            raise OFAError(f"--resolutions cannot change the space of the trained supernet {name}")
+        net = load_supernet(zoo.pretrained_path(name) if name in zoo.PRETRAINED else name)[0]
+    else:
+        raise OFAError(
+            f"unknown space {name!r}; choose one of {sorted(SPACES)}, a zoo id with shipped weights "
+            f"({', '.join(sorted(zoo.PRETRAINED))}) or a supernet file written by `ofa train`"
+        )
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)

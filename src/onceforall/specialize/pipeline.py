@@ -1,18 +1,20 @@
 """`ofa specialize`: from a trained supernet to exported subnets for latency budgets, with a report.
 
 For each budget: constrained evolution on the predictor and the latency table, extraction, BN
-recalibration, test accuracy, end-to-end latency measured on the backend, export (checked against
-PyTorch), then one report.md with a table and a Pareto plot.
+recalibration, test accuracy, an optional fine-tune, end-to-end latency measured on the backend,
+export (checked against PyTorch), then one report.md with a table and a Pareto plot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
+from onceforall.arch import Arch
 from onceforall.export import export_subnet
 from onceforall.io import write_json_atomic, write_text_atomic
 from onceforall.specialize.efficiency import count_macs, count_params
@@ -35,6 +37,7 @@ class Specialized:
     macs: int
     params: int
     files: list[str]
+    finetuned_top1: float | None = None
 
 
 def specialize(
@@ -45,8 +48,13 @@ def specialize(
     out: str | Path,
     seed: int = 0,
     rounds: int = 5,
+    finetune: Callable[[nn.Module, Arch], object] | None = None,
 ) -> list[Specialized]:
-    """Search, extract, recalibrate, score, measure and export one subnet per budget into `out`."""
+    """Search, extract, recalibrate, score, measure and export one subnet per budget into `out`.
+
+    `finetune(subnet, arch)`, if given, trains each extracted subnet in place before it is scored
+    again, measured and exported.
+    """
     out = Path(out)
     net = evaluator.net
     space = net.search_space()
@@ -58,6 +66,10 @@ def specialize(
         arch = search.best_arch
         subnet = evaluator.subnet(arch)
         top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
+        finetuned_top1 = None
+        if finetune is not None:
+            finetune(subnet, arch)
+            finetuned_top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
         shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
         timer = measure(subnet.cpu().to(memory_format=torch.contiguous_format), shape)
         measured = summarize([timer() for _ in range(rounds)])
@@ -75,6 +87,7 @@ def specialize(
                 macs=int(count_macs(space, arch)[0]),
                 params=int(count_params(space, arch)[0]),
                 files=[str(r.path) for r in reports],
+                finetuned_top1=finetuned_top1,
             )
         )
     write_json_atomic([asdict(r) for r in results], out / "results.json")
@@ -110,18 +123,22 @@ def plot_pareto(results: list[Specialized], space, predict, latency, path: Path,
 
 def report(results: list[Specialized], table: LatencyTable, space: str) -> str:
     m = table.meta
+    tuned = any(r.finetuned_top1 is not None for r in results)
+    columns = ["budget (ms)", "predicted (ms)", "measured (ms)", "predicted top-1", "top-1"]
+    columns += ["fine-tuned top-1"] * tuned + ["MACs (M)", "params (M)", "R"]
     lines = [
         f"# Specialized subnets of `{space}`",
         "",
         f"Backend {m['backend']} on {m['device_name']}, {m['threads']} thread(s), batch {m['batch_size']}.",
         "",
-        "| budget (ms) | predicted (ms) | measured (ms) | predicted top-1 | top-1 | MACs (M) | params (M) | R |",
-        "|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for r in results:
-        lines.append(
-            f"| {r.budget_ms:g} | {r.predicted_ms:.2f} | {r.measured_ms:.2f} | {r.predicted_top1:.2f} | "
-            f"{r.top1:.2f} | {r.macs / 1e6:.1f} | {r.params / 1e6:.2f} | {r.arch['image_size']} |"
-        )
+        cells = [f"{r.budget_ms:g}", f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}"]
+        cells += [f"{r.predicted_top1:.2f}", f"{r.top1:.2f}"]
+        cells += [f"{r.finetuned_top1:.2f}" if r.finetuned_top1 is not None else "-"] * tuned
+        cells += [f"{r.macs / 1e6:.1f}", f"{r.params / 1e6:.2f}", str(r.arch["image_size"])]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![predicted accuracy vs latency](pareto.png)", ""]
     return "\n".join(lines)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from onceforall.arch import Arch
-from onceforall.data import load_dataset
+from onceforall.data import FolderLoader, TensorLoader, load_dataset
 from onceforall.errors import ArchError, CheckpointError
 from onceforall.specialize import count_macs, count_params
 from onceforall.train.checkpoint import load_supernet
@@ -41,14 +42,8 @@ def pick_arch(net, choice: str, resolution: int | None) -> Arch:
     return space.validate(arch)
 
 
-def dataset_evaluator(
-    net, saved: dict[str, Any], split: str, data: str | None, root: str | None, device: str | None
-) -> tuple[SubnetEvaluator, Any, int]:
-    """A SubnetEvaluator scoring `split` ("test" or "holdout") of the data the supernet was trained on.
-
-    BN statistics are recalibrated on augmented training images, as during training. Returns the
-    evaluator, the dataset info and the number of images scored.
-    """
+def supernet_data(net, saved: dict[str, Any], data: str | None, root: str | None):
+    """(dataset info, train, holdout, test sources, data recipe) of the data the supernet was trained on."""
     recipe = saved.get("recipe") or {}
     data_cfg = recipe.get("data", {})
     name = data or data_cfg.get("name")
@@ -60,9 +55,26 @@ def dataset_evaluator(
             f"{name} has {info.n_classes} classes and {info.in_channels} channels; the supernet expects "
             f"{net.n_classes} and {net.in_channels}"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    net.to(dev, memory_format=torch.channels_last)
     train, holdout, test = splits(info, data_cfg.get("holdout", 0), data_cfg.get("limit"))
+    return info, train, holdout, test, data_cfg
+
+
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def dataset_evaluator(
+    net, saved: dict[str, Any], split: str, data: str | None, root: str | None, device: str | None
+) -> tuple[SubnetEvaluator, Any, int]:
+    """A SubnetEvaluator scoring `split` ("test" or "holdout") of the data the supernet was trained on.
+
+    BN statistics are recalibrated on augmented training images, as during training. Returns the
+    evaluator, the dataset info and the number of images scored.
+    """
+    info, train, holdout, test, data_cfg = supernet_data(net, saved, data, root)
+    recipe = saved.get("recipe") or {}
+    dev = _device(device)
+    net.to(dev, memory_format=torch.channels_last)
     scored = test if split == "test" else holdout
     crop_scale = data_cfg.get("crop_scale", [0.08, 1.0])
     n_images, batch = recipe.get("bn_calibration_images", 2000), recipe.get("bn_calibration_batch", 200)
@@ -77,6 +89,32 @@ def dataset_evaluator(
 
     size = len(scored[1]) if isinstance(scored, tuple) else len(scored)
     return SubnetEvaluator(net, calibration, batches), info, size
+
+
+def training_loader(
+    net, saved: dict[str, Any], data: str | None, root: str | None, device: str | None, seed: int = 0
+) -> Callable[[int], TensorLoader | FolderLoader]:
+    """resolution -> augmented training batches as in the supernet's recipe (for fine-tuning)."""
+    info, train, _, _, data_cfg = supernet_data(net, saved, data, root)
+    dev = _device(device)
+    extra = {"workers": data_cfg.get("workers", 4)} if not info.in_memory else {}
+
+    def loader(r: int) -> TensorLoader | FolderLoader:
+        return make_loader(
+            train,
+            info,
+            data_cfg.get("batch_size", 128),
+            train=True,
+            resolutions=[r],
+            seed=seed,
+            scale=tuple(data_cfg.get("crop_scale", [0.08, 1.0])),
+            flip=data_cfg.get("flip", True),
+            device=dev,
+            memory_format=torch.channels_last,
+            **extra,
+        )
+
+    return loader
 
 
 def evaluate_subnet(

@@ -1,0 +1,65 @@
+"""Fine-tune an extracted subnet for a few epochs, distilling from the supernet's largest subnet.
+
+Subnets are accurate as extracted; the paper also reports specialized subnets fine-tuned for some
+epochs, which recovers a little more. Optional in `ofa specialize` (`--finetune-epochs`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.progress import Progress
+
+from onceforall.data import FolderLoader, TensorLoader
+from onceforall.train.schedule import learning_rate
+from onceforall.train.trainer import parameter_groups
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    loader: TensorLoader | FolderLoader,
+    epochs: int,
+    lr: float,
+    *,
+    weight_decay: float = 3e-5,
+    momentum: float = 0.9,
+    label_smoothing: float = 0.1,
+    kd_ratio: float = 1.0,
+    description: str = "fine-tune",
+) -> list[float]:
+    """Train `student` in place with SGD, cosine schedule and `CE_ls + kd_ratio * CE(student, teacher)`.
+
+    `teacher` (frozen, eval mode) may be None for plain label training. The student is left in eval
+    mode with the BN running statistics of its training batches. Returns the mean loss per epoch.
+    """
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    optimizer = torch.optim.SGD(
+        parameter_groups(student, weight_decay), lr=lr, momentum=momentum, nesterov=True
+    )
+    steps_per_epoch, losses = len(loader), []
+    student.train()
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=epochs * steps_per_epoch)
+        for epoch in range(epochs):
+            loader.set_epoch(epoch)
+            total = 0.0
+            for batch, (images, labels) in enumerate(loader):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(epoch * steps_per_epoch + batch, steps_per_epoch, epochs, lr)
+                logits = student(images).float()
+                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+                if teacher is not None and kd_ratio > 0:
+                    with torch.no_grad():
+                        target = F.softmax(teacher(images).float(), dim=1)
+                    loss = loss + kd_ratio * F.cross_entropy(logits, target)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item()
+                progress.advance(task)
+            losses.append(total / max(1, steps_per_epoch))
+    student.eval()
+    return losses
