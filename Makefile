@@ -36,7 +36,7 @@ datasets:
 test: venv reference datasets
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest
 
-demo: venv
+demo: venv datasets
 	$(BIN)/ofa demo
 
 bench: venv reference

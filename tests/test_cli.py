@@ -7,9 +7,9 @@ import pytest
 from test_train import needs_data, save_tiny_supernet
 from typer.testing import CliRunner
 
-from onceforall.cli import app
+from onceforall.cli import app, spread_budgets
 from onceforall.specialize.commands import make_supernet
-from onceforall.specialize.latency import build_latency_table
+from onceforall.specialize.latency import LatencyTable, build_latency_table
 from onceforall.specialize.predictor import AccuracyPredictor
 
 
@@ -45,7 +45,8 @@ def test_specialize_spreads_three_budgets_by_default(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     budgets = [r["budget_ms"] for r in results]
-    assert len(budgets) == 3 and budgets == sorted(set(budgets))
+    space = make_supernet(str(tiny["supernet"])).search_space()
+    assert budgets == spread_budgets(LatencyTable.load(tiny["table"]).model(space), space)
     assert all(r["predicted_ms"] <= r["budget_ms"] for r in results)
     assert sorted(p.name for p in tmp_path.glob("budget_*")) == sorted(f"budget_{b:g}ms" for b in budgets)
     assert "specialized subnets" in result.output and "report.md" in result.output
@@ -62,6 +63,16 @@ def test_specialize_errors_are_one_clear_line(tiny, tmp_path):
 
 
 @needs_data
+def test_specialize_with_finetuning(tiny, tmp_path):
+    result = specialize(
+        tiny, tmp_path, "--budgets", "1000ms", "--finetune-epochs", "1", "--finetune-lr", "0.05"
+    )
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    shown = f"{row['top1']:.2f} -> {row['finetuned_top1']:.2f}"
+    assert shown in result.output, result.output
+
+
 def test_demo_needs_a_shipped_predictor(tiny, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--supernet", str(tiny["supernet"]), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "ships no accuracy predictor; pass --predictor" in flat(result.output)

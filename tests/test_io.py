@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from onceforall.io import save_atomic, write_json_atomic
-from onceforall.specialize.measure import time_forward
 
 
 def test_save_atomic_replaces_and_leaves_no_temporaries(tmp_path):
@@ -29,9 +28,3 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 def test_write_json_atomic(tmp_path):
     path = write_json_atomic({"ok": [1, 2]}, tmp_path / "r.json")
     assert json.loads(path.read_text()) == {"ok": [1, 2]}
-
-
-def test_time_forward_reports_ordered_percentiles():
-    timing = time_forward(torch.nn.Linear(8, 8), torch.randn(4, 8), warmup=1, repeats=12)
-    assert timing.repeats == 12
-    assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms

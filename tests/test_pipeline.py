@@ -1,15 +1,22 @@
 """`ofa specialize`'s pipeline: search per budget, extract, recalibrate, score, measure, export, report."""
 
+import copy
 import json
 from pathlib import Path
 
+import torch
 from test_train import needs_data, save_tiny_supernet
 
-from onceforall.specialize.finetune import finetune
+from onceforall.specialize.finetune import distilling_finetuner
 from onceforall.specialize.latency import build_latency_table
 from onceforall.specialize.pipeline import specialize
 from onceforall.specialize.predictor import AccuracyPredictor
-from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet, training_loader
+from onceforall.train.evaluation_cli import (
+    dataset_evaluator,
+    resolve_supernet,
+    supernet_data,
+    training_loader,
+)
 
 
 @needs_data
@@ -40,17 +47,21 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
 def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
     save_tiny_supernet(tmp_path / "supernet.pt")
     net, saved = resolve_supernet(str(tmp_path / "supernet.pt"))
-    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu")
+    source = supernet_data(net, saved)
+    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu", source=source)
     space = net.search_space()
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2
     )
     budget = float(table.model(space)(space.encode(space.max_arch()))[0])
-    loader, tuned = training_loader(net, saved, None, None, "cpu"), []
+    loader = training_loader(source, "cpu")
+    finetuner = distilling_finetuner(evaluator, loader, epochs=2, lr=0.05, progress=False)
+    seen = {}
 
     def tune(subnet, arch):
-        teacher = evaluator.subnet(space.max_arch(arch.image_size))
-        tuned.append(finetune(subnet, teacher, loader(arch.image_size), epochs=1, lr=0.05))
+        seen["before"] = copy.deepcopy(subnet)
+        seen["losses"] = finetuner(subnet, arch)
+        seen["after"], seen["steps"] = subnet, len(loader(arch.image_size))
 
     (result,) = specialize(
         evaluator,
@@ -62,8 +73,12 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
         finetune=tune,
     )
 
-    # TINY's data: 256 training images in batches of 32 -> one epoch of 8 steps.
-    assert len(tuned) == 1 and len(tuned[0]) == 1
-    assert result.finetuned_top1 is not None and result.finetuned_top1 != result.top1
+    assert len(seen["losses"]) == 2 and seen["steps"] == 8  # TINY: 256 training images, batch 32
+    assert result.finetuned_top1 is not None
     report = (tmp_path / "out" / "report.md").read_text()
     assert "fine-tuned top-1" in report and f"| {result.finetuned_top1:.2f} |" in report
+    exported = torch.export.load(tmp_path / "out" / f"budget_{budget:g}ms" / "model.pt2").module()
+    x = torch.randn(4, 1, result.arch["image_size"], result.arch["image_size"])
+    with torch.no_grad():
+        out, tuned, untuned = exported(x), seen["after"].cpu().eval()(x), seen["before"].cpu().eval()(x)
+    assert torch.allclose(out, tuned, atol=1e-4) and not torch.allclose(out, untuned, atol=1e-2)

@@ -327,3 +327,13 @@ def test_acc_dataset_appends_and_resumes(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
     assert rows[0]["meta"]["images"] == 64
+    fewer = CliRunner().invoke(
+        app, [*args[:3], "--out", str(tmp_path / "few.jsonl"), "--n", "1", "--images", "16"]
+    )
+    assert fewer.exit_code == 0, fewer.output
+    row = json.loads((tmp_path / "few.jsonl").read_text())
+    assert row["meta"]["images"] == 16 and (16 * row["accuracy"]) == pytest.approx(
+        round(16 * row["accuracy"])
+    )
+    mixed = CliRunner().invoke(app, [*args, "--n", "5", "--images", "16"])
+    assert mixed.exit_code == 2 and "images=64" in " ".join(mixed.output.split())

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from onceforall.errors import ArchError
+from onceforall.io import write_text_atomic
 
 ARCH_FORMAT = "onceforall.arch"
 ARCH_VERSION = 1
@@ -49,7 +50,7 @@ class Arch:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict())
         if path is not None:
-            Path(path).write_text(text + "\n")
+            write_text_atomic(text + "\n", path)
         return text
 
     @classmethod

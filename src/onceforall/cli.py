@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
+import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from onceforall import zoo
+from onceforall.arch import SearchSpace
 from onceforall.errors import OFAError
 from onceforall.specialize.commands import app as specialize_app
+from onceforall.specialize.commands import parse_quantity
+from onceforall.specialize.efficiency import LayerTable
+from onceforall.specialize.finetune import distilling_finetuner
+from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
+from onceforall.specialize.pipeline import Specialized
+from onceforall.specialize.pipeline import specialize as run_pipeline
+from onceforall.specialize.predictor import AccuracyPredictor, collect_accuracy_dataset
+from onceforall.specialize.search import check_budget
+from onceforall.train.evaluation_cli import (
+    dataset_evaluator,
+    evaluate_subnet,
+    resolve_supernet,
+    supernet_data,
+    training_loader,
+)
 
 app = typer.Typer(
     help="Once-for-All: train one supernet, specialize it for every device.", no_args_is_help=True
 )
 console = Console()
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="cpu or cuda for scoring and fine-tuning (latency is measured per --backend)"),
+]
 # The specialization commands (latency, predictor, search, pareto, export) live in their own module.
 app.registered_groups.extend(specialize_app.registered_groups)
 app.registered_commands.extend(specialize_app.registered_commands)
@@ -37,12 +61,13 @@ def demo(
     backend: Annotated[str, typer.Option(help="torch or onnxruntime")] = "torch",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads of the target")] = 1,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs per subnet")] = 0,
+    device: DeviceOpt = None,
 ) -> None:
-    """Specialize the shipped Fashion-MNIST supernet for this CPU at three latency budgets.
+    """`ofa specialize` with defaults: the shipped Fashion-MNIST supernet on this CPU, three budgets.
 
     Measures a latency table here (reused on later runs), searches with the shipped accuracy
-    predictor, extracts each subnet, recalibrates BN, scores it on the test set, measures it and
-    exports it to ONNX and torch.export.
+    predictor, extracts each subnet, recalibrates BN, scores it on the test set (fine-tunes it first
+    with --finetune-epochs), measures it and exports it to ONNX and torch.export.
     """
     with user_errors():
         limits = parse_budgets(budgets)
@@ -51,7 +76,7 @@ def demo(
             f"[bold]specializing {supernet}[/] for this CPU ({backend}, {threads} thread(s), batch 1)"
         )
         results = specialize_supernet(
-            supernet, limits, predictor, table, backend, threads, out, finetune_epochs, 0.01, 0
+            supernet, limits, predictor, table, backend, threads, out, finetune_epochs, device=device
         )
     print_specialized(results, out)
 
@@ -96,10 +121,6 @@ def evaluate(
     ] = False,
 ) -> None:
     """Test accuracy of one subnet after BN recalibration on training images."""
-    import json
-
-    from onceforall.train.evaluation_cli import evaluate_subnet
-
     with user_errors():
         result = evaluate_subnet(supernet, arch, data or None, root, resolution, device)
     if as_json:
@@ -118,6 +139,9 @@ def acc_dataset(
     out: Annotated[Path, typer.Option(help="JSON-lines file; an unfinished one is resumed")],
     n: Annotated[int, typer.Option(min=1, help="distinct random subnets in all (over all shards)")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the subnet list")] = 0,
+    images: Annotated[
+        int | None, typer.Option(min=1, help="score only the first N held-out images (default: all)")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
 ) -> None:
     """Accuracy of random subnets on the held-out training images, for the accuracy predictor.
@@ -126,15 +150,10 @@ def acc_dataset(
     rank takes every WORLD_SIZE-th subnet of the same list (merge the files, or give each rank its own
     --out).
     """
-    import os
-
-    from onceforall.specialize.predictor import collect_accuracy_dataset
-    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet
-
     shard = (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
     with user_errors():
         net, saved = resolve_supernet(supernet)
-        evaluator, info, images = dataset_evaluator(net, saved, "holdout", None, None, device)
+        evaluator, info, scored = dataset_evaluator(net, saved, "holdout", None, None, device, images)
         summary = collect_accuracy_dataset(
             lambda arch: evaluator(arch)[0] / 100,
             net.search_space(),
@@ -142,7 +161,7 @@ def acc_dataset(
             out,
             seed=seed,
             shard=shard,
-            meta={"supernet": supernet, "dataset": info.name, "images": images},
+            meta={"supernet": supernet, "dataset": info.name, "images": scored},
         )
     console.print(
         f"{summary.evaluated} subnets evaluated, {summary.skipped} already in {summary.path}, "
@@ -173,20 +192,30 @@ def specialize(
     ] = 0,
     finetune_lr: Annotated[float, typer.Option(min=0.0, help="fine-tuning learning rate (cosine)")] = 0.01,
     seed: Annotated[int, typer.Option(help="search seed")] = 0,
+    device: DeviceOpt = None,
 ) -> None:
-    """Best subnet per latency budget: search, extract, recalibrate BN, score, measure, export, report."""
+    """Best subnet per latency budget: search, extract, recalibrate BN, score, fine-tune (optional),
+    measure, export, report."""
     with user_errors():
         limits = parse_budgets(budgets)
         results = specialize_supernet(
-            supernet, limits, predictor, table, backend, threads, out, finetune_epochs, finetune_lr, seed
+            supernet,
+            limits,
+            predictor,
+            table,
+            backend,
+            threads,
+            out,
+            finetune_epochs,
+            finetune_lr,
+            seed,
+            device,
         )
     print_specialized(results, out)
 
 
 def parse_budgets(text: str) -> list[float] | None:
     """'2ms,4ms' -> [2.0, 4.0]; empty -> None (three budgets spread over the space)."""
-    from onceforall.specialize.commands import parse_quantity
-
     return [parse_quantity(b, "time") for b in text.split(",") if b.strip()] or None
 
 
@@ -201,49 +230,48 @@ def specialize_supernet(
     finetune_epochs: int = 0,
     finetune_lr: float = 0.01,
     seed: int = 0,
-):
-    """`ofa specialize` and `ofa demo`: budgets None picks three between the smallest and largest subnet."""
-    from onceforall import zoo
-    from onceforall.specialize.finetune import finetune
-    from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
-    from onceforall.specialize.pipeline import specialize as run
-    from onceforall.specialize.predictor import AccuracyPredictor
-    from onceforall.train.evaluation_cli import dataset_evaluator, resolve_supernet, training_loader
+    device: str | None = None,
+) -> list[Specialized]:
+    """`ofa specialize` and `ofa demo`: budgets None picks three between the smallest and largest subnet.
 
+    The cheap checks (predictor, table, budgets) come before the data is loaded.
+    """
     net, saved = resolve_supernet(supernet)
-    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu")
     space = net.search_space()
-    predictor = predictor or zoo.pretrained_predictor_path(supernet)
-    accuracy_model = AccuracyPredictor.load(predictor, space)
+    accuracy_model = AccuracyPredictor.load(predictor or zoo.pretrained_predictor_path(supernet), space)
     if table.is_file():
         latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
     else:
         latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
     if budgets_ms is None:
-        budgets_ms = spread_budgets(latency, space)
+        budgets_ms = spread_budgets(latency.model(space), space)
+    for budget in budgets_ms:
+        check_budget(space, latency.model(space), torch.tensor([budget], dtype=torch.float64), "ms")
+    source = supernet_data(net, saved)
+    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, device, source=source)
     tune = None
     if finetune_epochs:
-        loader = training_loader(net, saved, None, None, "cpu", seed)
-
-        def tune(subnet, arch):
-            teacher = evaluator.subnet(space.max_arch(arch.image_size))
-            finetune(subnet, teacher, loader(arch.image_size), finetune_epochs, finetune_lr)
-
-    return run(evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune)
+        loader = training_loader(source, device, seed)
+        tune = distilling_finetuner(evaluator, loader, finetune_epochs, finetune_lr, seed)
+    return run_pipeline(evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune)
 
 
-def spread_budgets(latency, space, fractions=(0.2, 0.45, 0.8)) -> list[float]:
-    """Budgets (ms, two decimals) at `fractions` of the way from the smallest to the largest subnet."""
-    model = latency.model(space)
+def spread_budgets(
+    latency: LayerTable, space: SearchSpace, fractions: tuple[float, ...] = (0.2, 0.45, 0.8)
+) -> list[float]:
+    """Distinct budgets (ms, 3 significant digits) at `fractions` of the way from the smallest subnet's
+    latency to the largest's."""
     archs = [space.min_arch(min(space.resolutions)), space.max_arch(max(space.resolutions))]
-    low, high = model(space.encode(archs)).tolist()
-    return [round(low + f * (high - low), 2) for f in fractions]
+    low, high = latency(space.encode(archs)).tolist()
+    budgets = (max(low, float(f"{low + f * (high - low):.3g}")) for f in fractions)
+    return sorted(set(budgets))
 
 
-def print_specialized(results, out: Path) -> None:
+def print_specialized(results: list[Specialized], out: Path) -> None:
+    """The per-budget table and where the report, plot and models are."""
     table = Table(title="specialized subnets (latency measured on this machine, top-1 on the test set)")
-    for column in ("budget (ms)", "predicted (ms)", "measured (ms)", "predicted top-1", "top-1", "MACs (M)"):
-        table.add_column(column, justify="right")
+    for column in ("budget ms", "pred. ms", "meas. ms", "pred. top-1", "top-1 %", "MACs M"):
+        table.add_column(column, justify="right", no_wrap=True)
     for r in results:
         top1 = f"{r.top1:.2f}" + (f" -> {r.finetuned_top1:.2f}" if r.finetuned_top1 is not None else "")
         table.add_row(

@@ -32,8 +32,12 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return _atomic(path, lambda handle: torch.save(obj, handle))
 
 
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
+    return _atomic(path, lambda handle: handle.write(data))
+
+
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    return _atomic(path, lambda handle: handle.write(text.encode()))
+    return write_bytes_atomic(text.encode(), path)
 
 
 def write_json_atomic(data: Any, path: str | Path) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from onceforall.errors import CheckpointError, ConfigError, OFAError
+from onceforall.errors import CheckpointError, ConfigError, OFAError, PredictorError
 from onceforall.io import save_atomic
 from onceforall.spaces.common import load_checked
 from onceforall.spaces.mobilenet_v3 import MobileNetV3, OFAMobileNetV3
@@ -119,13 +119,13 @@ def pretrained_path(net_id: str) -> Path:
 def pretrained_predictor_path(net_id: str) -> Path:
     """The shipped accuracy predictor of a project-trained supernet (`PRETRAINED_PREDICTORS`)."""
     if net_id not in PRETRAINED_PREDICTORS:
-        raise CheckpointError(
+        raise PredictorError(
             f"{net_id} ships no accuracy predictor; pass --predictor (make one with `ofa acc-dataset` "
             "and `ofa predictor fit`)"
         )
     path = Path(__file__).parent / "pretrained" / PRETRAINED_PREDICTORS[net_id]
     if not path.is_file():
-        raise CheckpointError(
+        raise PredictorError(
             f"{net_id}: {path} is not in this installation; make it with `ofa acc-dataset` and "
             "`ofa predictor fit` (see docs/specialize.md)"
         )

@@ -6,20 +6,26 @@ epochs, which recovers a little more. Optional in `ofa specialize` (`--finetune-
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import Progress
 
+from onceforall.arch import Arch
 from onceforall.data import FolderLoader, TensorLoader
+from onceforall.specialize.latency import progress_bar
+from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.schedule import learning_rate
 from onceforall.train.trainer import parameter_groups
+
+Loader = TensorLoader | FolderLoader
 
 
 def finetune(
     student: nn.Module,
     teacher: nn.Module | None,
-    loader: TensorLoader | FolderLoader,
+    loader: Loader,
     epochs: int,
     lr: float,
     *,
@@ -27,7 +33,8 @@ def finetune(
     momentum: float = 0.9,
     label_smoothing: float = 0.1,
     kd_ratio: float = 1.0,
-    description: str = "fine-tune",
+    seed: int = 0,
+    progress: bool = True,
 ) -> list[float]:
     """Train `student` in place with SGD, cosine schedule and `CE_ls + kd_ratio * CE(student, teacher)`.
 
@@ -40,12 +47,13 @@ def finetune(
         parameter_groups(student, weight_decay), lr=lr, momentum=momentum, nesterov=True
     )
     steps_per_epoch, losses = len(loader), []
+    torch.manual_seed(seed)  # dropout
     student.train()
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description, total=epochs * steps_per_epoch)
+    with progress_bar(progress) as bar:
+        task = bar.add_task("fine-tune", total=epochs * steps_per_epoch)
         for epoch in range(epochs):
             loader.set_epoch(epoch)
-            total = 0.0
+            total = torch.zeros(())
             for batch, (images, labels) in enumerate(loader):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(epoch * steps_per_epoch + batch, steps_per_epoch, epochs, lr)
@@ -58,8 +66,29 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += loss.item()
-                progress.advance(task)
-            losses.append(total / max(1, steps_per_epoch))
+                total = total.to(loss.device) + loss.detach()
+                bar.advance(task)
+            losses.append(total.item() / max(1, steps_per_epoch))
     student.eval()
     return losses
+
+
+def distilling_finetuner(
+    evaluator: SubnetEvaluator,
+    loader: Callable[[int], Loader],
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+) -> Callable[[nn.Module, Arch], list[float]]:
+    """`(subnet, arch) -> losses` for `ofa specialize`: fine-tune at the arch's resolution with the
+    supernet's largest subnet as teacher, then recalibrate BN as for any extracted subnet."""
+    space = evaluator.net.search_space()
+
+    def tune(subnet: nn.Module, arch: Arch) -> list[float]:
+        teacher = evaluator.subnet(space.max_arch(arch.image_size))
+        losses = finetune(subnet, teacher, loader(arch.image_size), epochs, lr, seed=seed, progress=progress)
+        evaluator.recalibrate(subnet, arch.image_size)
+        return losses
+
+    return tune

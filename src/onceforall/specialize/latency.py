@@ -38,11 +38,21 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
 from onceforall.specialize.efficiency import LayerTable, distinct_specs
-from onceforall.specialize.measure import Timing
 
 FORMAT = "onceforall.latency_table"
 VERSION = 1
 BACKENDS = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds per run: median and the 10th and 90th percentiles."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+
 
 MeasureFn = Callable[[nn.Module, tuple[int, ...]], Callable[[], Timing]]
 

@@ -7,6 +7,7 @@ export (checked against PyTorch), then one report.md with a table and a Pareto p
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ import torch.nn as nn
 
 from onceforall.arch import Arch
 from onceforall.export import export_subnet
-from onceforall.io import write_json_atomic, write_text_atomic
+from onceforall.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from onceforall.specialize.efficiency import count_macs, count_params
 from onceforall.specialize.latency import LatencyTable, summarize, table_measurer
 from onceforall.specialize.predictor import AccuracyPredictor
-from onceforall.specialize.search import evolution_search
+from onceforall.specialize.search import check_budget, evolution_search
 from onceforall.train.evaluate import SubnetEvaluator, accuracy
 
 
@@ -60,6 +61,8 @@ def specialize(
     space = net.search_space()
     latency, predict = table.model(space), predictor.bind(space)
     measure = table_measurer(table)
+    for budget in budgets_ms:  # fail before any work, not at the first infeasible budget
+        check_budget(space, latency, torch.tensor([budget], dtype=torch.float64), "ms")
     results = []
     for budget in budgets_ms:
         search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
@@ -108,17 +111,18 @@ def plot_pareto(results: list[Specialized], space, predict, latency, path: Path,
     ax.scatter(
         latency(population), 100 * predict(population), s=3, alpha=0.3, label="random subnets (predicted)"
     )
-    ax.scatter(
-        [r.measured_ms for r in results], [r.top1 for r in results], c="red", label="chosen (measured)"
-    )
+    final_top1 = [r.top1 if r.finetuned_top1 is None else r.finetuned_top1 for r in results]
+    ax.scatter([r.measured_ms for r in results], final_top1, c="red", label="chosen (measured)")
     for r in results:
         ax.axvline(r.budget_ms, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("top-1 (%)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    write_bytes_atomic(image.getvalue(), path)
 
 
 def report(results: list[Specialized], table: LatencyTable, space: str) -> str:

@@ -437,6 +437,16 @@ class CollectSummary:
     seconds: float
 
 
+def _check_same_setting(old: dict, new: dict, path: Path) -> None:
+    """Refuse to mix rows scored differently (another supernet, dataset or image count) in one file."""
+    for key in sorted(old.keys() & new.keys() - {"seconds", "shard"}):
+        if old[key] != new[key]:
+            raise PredictorError(
+                f"{path} holds subnets scored with {key}={old[key]!r}, this run uses {new[key]!r}; "
+                "use another --out, or the same settings to resume"
+            )
+
+
 def collect_accuracy_dataset(
     evaluate_fn: Callable[[Arch], float],
     space: SearchSpace,
@@ -450,7 +460,8 @@ def collect_accuracy_dataset(
     """Evaluate `n` distinct random subnets (this shard's share), appending each result as it is made.
 
     The subnets are a fixed list for (space, n, seed); shard (rank, world) takes every world-th one
-    from rank. Subnets already in the file are skipped, so a killed run resumes where it stopped;
+    from rank. Subnets already in the file are skipped, so a killed run resumes where it stopped
+    (rows whose `meta` differs from this run's, e.g. another supernet, are refused);
     a partially written last line is moved to `<path>.corrupt`. `evaluate_fn(arch)` returns the
     accuracy as a fraction.
     """
@@ -465,6 +476,7 @@ def collect_accuracy_dataset(
         )
     done = set()
     for record in dataset.read():
+        _check_same_setting(record.meta, meta or {}, dataset.path)
         if record.arch.space == space.name:
             done.add(tuple(space.canonical(space.encode(record.arch))[0].tolist()))
     mine = unique_samples(space, n, seed)[rank::world]

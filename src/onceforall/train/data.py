@@ -30,7 +30,8 @@ class RunData:
     test: Callable[[int], TensorLoader | FolderLoader]
 
 
-def _subset(source: Source, indices: torch.Tensor) -> Source:
+def subset(source: Source, indices: torch.Tensor) -> Source:
+    """The samples of `source` at `indices`."""
     if isinstance(source, ImageFolder):
         part = copy.copy(source)
         part.samples = [source.samples[i] for i in indices.tolist()]
@@ -39,7 +40,8 @@ def _subset(source: Source, indices: torch.Tensor) -> Source:
     return images[indices], labels[indices]
 
 
-def _size(source: Source) -> int:
+def source_size(source: Source) -> int:
+    """The number of samples in `source`."""
     return len(source) if isinstance(source, ImageFolder) else len(source[1])
 
 
@@ -59,11 +61,13 @@ def splits(info: DatasetInfo, holdout: int, limit: int | None = None) -> tuple[S
         train = ImageFolder(info.train_dir, info.image_size, train=True, classes=info.classes)
         test = ImageFolder(info.test_dir, info.image_size, train=False, classes=info.classes)
     if limit is not None:
-        train = _subset(train, torch.arange(min(limit, _size(train))))
-    if holdout >= _size(train):
-        raise ConfigError(f"data.holdout {holdout} must be smaller than the {_size(train)} training images")
-    train_idx, holdout_idx = holdout_split(_size(train), holdout)
-    return _subset(train, train_idx), _subset(train, holdout_idx), test
+        train = subset(train, torch.arange(min(limit, source_size(train))))
+    if holdout >= source_size(train):
+        raise ConfigError(
+            f"data.holdout {holdout} must be smaller than the {source_size(train)} training images"
+        )
+    train_idx, holdout_idx = holdout_split(source_size(train), holdout)
+    return subset(train, train_idx), subset(train, holdout_idx), test
 
 
 def calibration_batches(

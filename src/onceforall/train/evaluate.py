@@ -60,8 +60,12 @@ class SubnetEvaluator:
         """The extracted subnet of `arch` with recalibrated BN statistics, in eval mode."""
         self.net.set_arch(arch)
         subnet = self.net.get_active_subnet().to(memory_format=torch.channels_last)
-        set_running_statistics(subnet, self.calibration_batches(arch.image_size))
-        return subnet.eval()
+        return self.recalibrate(subnet, arch.image_size)
+
+    def recalibrate(self, model: nn.Module, resolution: int) -> nn.Module:
+        """Set `model`'s BN statistics from the calibration batches at `resolution`; eval mode."""
+        set_running_statistics(model, self.calibration_batches(resolution))
+        return model.eval()
 
     def __call__(self, arch: Arch) -> tuple[float, float]:
         """(top-1 %, loss) of `arch` at its resolution."""

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from onceforall.arch import Arch
-from onceforall.data import FolderLoader, TensorLoader, load_dataset
+from onceforall.data import DatasetInfo, FolderLoader, TensorLoader, load_dataset
 from onceforall.errors import ArchError, CheckpointError
 from onceforall.specialize import count_macs, count_params
 from onceforall.train.checkpoint import load_supernet
-from onceforall.train.data import calibration_batches, make_loader, splits
+from onceforall.train.data import Source, calibration_batches, make_loader, source_size, splits, subset
 from onceforall.train.evaluate import SubnetEvaluator
+from onceforall.train.recipe import DataConfig
 
 
 def resolve_supernet(name: str):
@@ -42,41 +43,64 @@ def pick_arch(net, choice: str, resolution: int | None) -> Arch:
     return space.validate(arch)
 
 
-def supernet_data(net, saved: dict[str, Any], data: str | None, root: str | None):
-    """(dataset info, train, holdout, test sources, data recipe) of the data the supernet was trained on."""
+class SupernetData(NamedTuple):
+    """The data a supernet was trained on: its splits and the recipe's data settings."""
+
+    info: DatasetInfo
+    train: Source
+    holdout: Source
+    test: Source
+    config: dict[str, Any]
+
+
+def supernet_data(
+    net, saved: dict[str, Any], data: str | None = None, root: str | None = None
+) -> SupernetData:
+    """Load the supernet's dataset (or `data`) and split it as its recipe did."""
     recipe = saved.get("recipe") or {}
-    data_cfg = recipe.get("data", {})
-    name = data or data_cfg.get("name")
+    config = recipe.get("data", {})
+    name = data or config.get("name")
     if name is None:
         raise CheckpointError("the supernet file names no dataset; pass --data")
-    info = load_dataset(name, root or (data_cfg.get("root") if data is None else None))
+    info = load_dataset(name, root or (config.get("root") if data is None else None))
     if info.n_classes != net.n_classes or info.in_channels != net.in_channels:
         raise CheckpointError(
             f"{name} has {info.n_classes} classes and {info.in_channels} channels; the supernet expects "
             f"{net.n_classes} and {net.in_channels}"
         )
-    train, holdout, test = splits(info, data_cfg.get("holdout", 0), data_cfg.get("limit"))
-    return info, train, holdout, test, data_cfg
+    train, holdout, test = splits(info, config.get("holdout", 0), config.get("limit"))
+    return SupernetData(info, train, holdout, test, config)
 
 
-def _device(device: str | None) -> torch.device:
+def pick_device(device: str | None) -> torch.device:
+    """`device`, or CUDA when there is one."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def dataset_evaluator(
-    net, saved: dict[str, Any], split: str, data: str | None, root: str | None, device: str | None
-) -> tuple[SubnetEvaluator, Any, int]:
+    net,
+    saved: dict[str, Any],
+    split: str,
+    data: str | None,
+    root: str | None,
+    device: str | None,
+    limit: int | None = None,
+    source: SupernetData | None = None,
+) -> tuple[SubnetEvaluator, DatasetInfo, int]:
     """A SubnetEvaluator scoring `split` ("test" or "holdout") of the data the supernet was trained on.
 
-    BN statistics are recalibrated on augmented training images, as during training. Returns the
-    evaluator, the dataset info and the number of images scored.
+    BN statistics are recalibrated on augmented training images, as during training; `limit` scores
+    only the split's first images; `source` reuses already loaded data. Returns the evaluator, the
+    dataset info and the number of images scored.
     """
-    info, train, holdout, test, data_cfg = supernet_data(net, saved, data, root)
+    info, train, holdout, test, config = source or supernet_data(net, saved, data, root)
     recipe = saved.get("recipe") or {}
-    dev = _device(device)
+    dev = pick_device(device)
     net.to(dev, memory_format=torch.channels_last)
     scored = test if split == "test" else holdout
-    crop_scale = data_cfg.get("crop_scale", [0.08, 1.0])
+    if limit is not None:
+        scored = subset(scored, torch.arange(min(limit, source_size(scored))))
+    crop_scale = config.get("crop_scale", DataConfig().crop_scale)
     n_images, batch = recipe.get("bn_calibration_images", 2000), recipe.get("bn_calibration_batch", 200)
 
     def calibration(r: int):
@@ -87,29 +111,27 @@ def dataset_evaluator(
             scored, info, 500, train=False, resolutions=[r], device=dev, memory_format=torch.channels_last
         )
 
-    size = len(scored[1]) if isinstance(scored, tuple) else len(scored)
-    return SubnetEvaluator(net, calibration, batches), info, size
+    return SubnetEvaluator(net, calibration, batches), info, source_size(scored)
 
 
 def training_loader(
-    net, saved: dict[str, Any], data: str | None, root: str | None, device: str | None, seed: int = 0
+    source: SupernetData, device: str | None, seed: int = 0
 ) -> Callable[[int], TensorLoader | FolderLoader]:
     """resolution -> augmented training batches as in the supernet's recipe (for fine-tuning)."""
-    info, train, _, _, data_cfg = supernet_data(net, saved, data, root)
-    dev = _device(device)
-    extra = {"workers": data_cfg.get("workers", 4)} if not info.in_memory else {}
+    config, defaults = source.config, DataConfig()
+    extra = {} if source.info.in_memory else {"workers": config.get("workers", defaults.workers)}
 
     def loader(r: int) -> TensorLoader | FolderLoader:
         return make_loader(
-            train,
-            info,
-            data_cfg.get("batch_size", 128),
+            source.train,
+            source.info,
+            config.get("batch_size", defaults.batch_size),
             train=True,
             resolutions=[r],
             seed=seed,
-            scale=tuple(data_cfg.get("crop_scale", [0.08, 1.0])),
-            flip=data_cfg.get("flip", True),
-            device=dev,
+            scale=tuple(config.get("crop_scale", defaults.crop_scale)),
+            flip=config.get("flip", defaults.flip),
+            device=pick_device(device),
             memory_format=torch.channels_last,
             **extra,
         )
