@@ -17,7 +17,7 @@ from onceforall.data import FolderLoader, TensorLoader
 from onceforall.specialize.latency import progress_bar
 from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.schedule import learning_rate
-from onceforall.train.trainer import parameter_groups
+from onceforall.train.trainer import parameter_groups, sgd
 
 Loader = TensorLoader | FolderLoader
 
@@ -43,9 +43,7 @@ def finetune(
     """
     if teacher is not None:
         teacher.eval().requires_grad_(False)
-    optimizer = torch.optim.SGD(
-        parameter_groups(student, weight_decay), lr=lr, momentum=momentum, nesterov=True
-    )
+    optimizer = sgd(parameter_groups(student, weight_decay), lr, momentum)
     steps_per_epoch, losses = len(loader), []
     torch.manual_seed(seed)  # dropout
     student.train()
