@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -21,10 +20,9 @@ from onceforall.specialize.commands import parse_quantity
 from onceforall.specialize.efficiency import LayerTable
 from onceforall.specialize.finetune import distilling_finetuner
 from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
-from onceforall.specialize.pipeline import Specialized
+from onceforall.specialize.pipeline import Specialized, check_budgets
 from onceforall.specialize.pipeline import specialize as run_pipeline
 from onceforall.specialize.predictor import AccuracyPredictor, collect_accuracy_dataset
-from onceforall.specialize.search import check_budget
 from onceforall.train.evaluation_cli import (
     dataset_evaluator,
     evaluate_subnet,
@@ -243,10 +241,9 @@ def specialize_supernet(
         latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
     else:
         latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
-    if budgets_ms is None:
-        budgets_ms = spread_budgets(latency.model(space), space)
-    for budget in budgets_ms:
-        check_budget(space, latency.model(space), torch.tensor([budget], dtype=torch.float64), "ms")
+    latency_model = latency.model(space)
+    budgets_ms = budgets_ms or spread_budgets(latency_model, space)
+    check_budgets(space, latency_model, budgets_ms)
     source = supernet_data(net, saved)
     evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, device, source=source)
     tune = None

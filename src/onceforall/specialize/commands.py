@@ -66,7 +66,7 @@ def make_supernet(name: str, resolutions: str = "", checkpoint: Path | None = No
     Weights come from `checkpoint` if given.
     """
     from onceforall import zoo
-    from onceforall.train.checkpoint import load_supernet
+    from onceforall.train.evaluation_cli import resolve_supernet
 
     res = tuple(int(r) for r in resolutions.split(",") if r.strip()) if resolutions else None
     if name in SPACES:
@@ -74,7 +74,7 @@ def make_supernet(name: str, resolutions: str = "", checkpoint: Path | None = No
     elif name in zoo.PRETRAINED or Path(name).is_file():
         if res is not None:
             raise OFAError(f"--resolutions cannot change the space of the trained supernet {name}")
-        net = load_supernet(zoo.pretrained_path(name) if name in zoo.PRETRAINED else name)[0]
+        net = resolve_supernet(name)[0]
     else:
         raise OFAError(
             f"unknown space {name!r}; choose one of {sorted(SPACES)}, a zoo id with shipped weights "

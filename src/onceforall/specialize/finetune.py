@@ -51,7 +51,7 @@ def finetune(
         task = bar.add_task("fine-tune", total=epochs * steps_per_epoch)
         for epoch in range(epochs):
             loader.set_epoch(epoch)
-            total = torch.zeros(())
+            total = 0.0
             for batch, (images, labels) in enumerate(loader):
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(epoch * steps_per_epoch + batch, steps_per_epoch, epochs, lr)
@@ -64,9 +64,9 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total = total.to(loss.device) + loss.detach()
+                total = total + loss.detach()  # no host sync per step
                 bar.advance(task)
-            losses.append(total.item() / max(1, steps_per_epoch))
+            losses.append(float(total) / max(1, steps_per_epoch))
     student.eval()
     return losses
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Arch
+from onceforall.arch import Arch, SearchSpace
 from onceforall.export import export_subnet
 from onceforall.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from onceforall.specialize.efficiency import count_macs, count_params
+from onceforall.specialize.efficiency import LayerTable, count_macs, count_params
 from onceforall.specialize.latency import LatencyTable, summarize, table_measurer
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search
@@ -41,6 +41,12 @@ class Specialized:
     finetuned_top1: float | None = None
 
 
+def check_budgets(space: SearchSpace, latency: LayerTable, budgets_ms: Sequence[float]) -> None:
+    """Raise SearchError (naming the smallest achievable latency) if any budget is infeasible."""
+    for budget in budgets_ms:
+        check_budget(space, latency, torch.tensor([budget], dtype=torch.float64), "ms")
+
+
 def specialize(
     evaluator: SubnetEvaluator,
     predictor: AccuracyPredictor,
@@ -61,8 +67,7 @@ def specialize(
     space = net.search_space()
     latency, predict = table.model(space), predictor.bind(space)
     measure = table_measurer(table)
-    for budget in budgets_ms:  # fail before any work, not at the first infeasible budget
-        check_budget(space, latency, torch.tensor([budget], dtype=torch.float64), "ms")
+    check_budgets(space, latency, budgets_ms)  # fail before any work, not at the first infeasible budget
     results = []
     for budget in budgets_ms:
         search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
