@@ -23,6 +23,17 @@ from onceforall.nn.static import (
 )
 
 
+def leading(tensor: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """The first `sizes[d]` entries along each leading dim d, slicing only the dims that shrink.
+
+    A full-range slice is no free view in training: its backward zero-fills and copies the gradient.
+    """
+    for dim, size in enumerate(sizes):
+        if size != tensor.shape[dim]:
+            tensor = tensor.narrow(dim, 0, size)
+    return tensor
+
+
 def center_window(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """The central `size` x `size` taps of a [C, 1, K, K] filter."""
     start = kernel.shape[-1] // 2 - size // 2
@@ -48,7 +59,7 @@ class DynamicSeparableConv2d(nn.Module):
 
     def active_filter(self, channels: int, kernel_size: int) -> torch.Tensor:
         """The [channels, 1, k, k] filter used at `kernel_size` (kernel transforms included)."""
-        weight = self.conv.weight[:channels]
+        weight = leading(self.conv.weight, channels)
         sizes = self.kernel_size_list
         if kernel_size not in sizes:
             raise ValueError(f"kernel size {kernel_size} is not one of {sizes}")
@@ -78,7 +89,7 @@ class DynamicConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, out_channel: int | None = None) -> torch.Tensor:
         out_channel = out_channel or self.active_out_channel
-        weight = self.conv.weight[:out_channel, : x.shape[1]]
+        weight = leading(self.conv.weight, out_channel, x.shape[1])
         return F.conv2d(x, weight, None, self.stride, same_padding(self.kernel_size))
 
 
@@ -122,10 +133,10 @@ class DynamicSE(SEModule):
         hidden = make_divisible(channels // self.reduction)
         reduce, expand = self.fc.reduce, self.fc.expand
         y = x.mean((2, 3), keepdim=True)
-        y = F.relu(F.conv2d(y, reduce.weight[:hidden, :channels], reduce.bias[:hidden]), inplace=True)
-        y = F.hardsigmoid(
-            F.conv2d(y, expand.weight[:channels, :hidden], expand.bias[:channels]), inplace=True
-        )
+        reduce_weight = leading(reduce.weight, hidden, channels)
+        expand_weight = leading(expand.weight, channels, hidden)
+        y = F.relu(F.conv2d(y, reduce_weight, leading(reduce.bias, hidden)), inplace=True)
+        y = F.hardsigmoid(F.conv2d(y, expand_weight, leading(expand.bias, channels)), inplace=True)
         return x * y
 
 
@@ -141,7 +152,8 @@ class DynamicLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dropout is not None:
             x = self.dropout(x)
-        return F.linear(x, self.linear.weight[:, : x.shape[1]], self.linear.bias)
+        weight = self.linear.weight
+        return F.linear(x, leading(weight, weight.shape[0], x.shape[1]), self.linear.bias)
 
 
 class DynamicMBConvLayer(nn.Module):
