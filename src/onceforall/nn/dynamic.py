@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from onceforall.nn.ops import build_activation, make_divisible, same_padding
+from onceforall.nn.ops import build_activation, make_divisible, pointwise, same_padding
 from onceforall.nn.static import (
     ConvLayer,
     IdentityLayer,
@@ -135,8 +135,8 @@ class DynamicSE(SEModule):
         y = x.mean((2, 3), keepdim=True)
         reduce_weight = leading(reduce.weight, hidden, channels)
         expand_weight = leading(expand.weight, channels, hidden)
-        y = F.relu(F.conv2d(y, reduce_weight, leading(reduce.bias, hidden)), inplace=True)
-        y = F.hardsigmoid(F.conv2d(y, expand_weight, leading(expand.bias, channels)), inplace=True)
+        y = F.relu(pointwise(y, reduce_weight, leading(reduce.bias, hidden)), inplace=True)
+        y = F.hardsigmoid(pointwise(y, expand_weight, leading(expand.bias, channels)), inplace=True)
         return x * y
 
 

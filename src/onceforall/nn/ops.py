@@ -1,8 +1,10 @@
-"""Small shared pieces: channel rounding, activations, padding."""
+"""Small shared pieces: channel rounding, activations, padding, 1x1 convolutions of 1x1 maps."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -39,3 +41,24 @@ def build_activation(name: str | None) -> nn.Module | None:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 1x1 convolution; of a 1x1 map it runs as a matmul, several times faster on CPU."""
+    if x.shape[-2:] != (1, 1):
+        return F.conv2d(x, weight, bias)
+    return F.linear(x.flatten(1), weight.flatten(1), bias)[:, :, None, None]
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` whose unpadded, ungrouped 1x1 convolutions of 1x1 maps run as matmuls (`pointwise`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.kernel_size == (1, 1)
+            and self.padding == (0, 0)
+            and self.groups == 1
+            and x.shape[-2:] == (1, 1)
+        ):
+            return pointwise(x, self.weight, self.bias)
+        return super().forward(x)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from onceforall.nn.ops import build_activation, make_divisible, same_padding
+from onceforall.nn.ops import Conv2d, build_activation, make_divisible, same_padding
 
 DEFAULT_OPS_ORDER = "weight_bn_act"
 
@@ -27,9 +27,9 @@ class SEModule(nn.Module):
         hidden = make_divisible(channels // reduction)
         self.fc = nn.Sequential(
             OrderedDict(
-                reduce=nn.Conv2d(channels, hidden, 1, bias=True),
+                reduce=Conv2d(channels, hidden, 1, bias=True),
                 relu=nn.ReLU(inplace=True),
-                expand=nn.Conv2d(hidden, channels, 1, bias=True),
+                expand=Conv2d(hidden, channels, 1, bias=True),
                 h_sigmoid=nn.Hardsigmoid(inplace=True),
             )
         )
@@ -68,7 +68,7 @@ class ConvLayer(nn.Module):
         if dropout_rate > 0:
             self.dropout = nn.Dropout(dropout_rate, inplace=True)
         padding = same_padding(kernel_size) * dilation
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if use_bn:
             self.bn = nn.BatchNorm2d(out_channels)
         act = build_activation(act_func)
