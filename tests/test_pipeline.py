@@ -1,14 +1,17 @@
 """`ofa specialize`'s pipeline: search per budget, extract, recalibrate, score, measure, export, report."""
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from test_train import needs_data, save_tiny_supernet
 
+from onceforall.specialize import pipeline
 from onceforall.specialize.finetune import distilling_finetuner
-from onceforall.specialize.latency import build_latency_table
+from onceforall.specialize.latency import Timing, build_latency_table
 from onceforall.specialize.pipeline import specialize
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.train.evaluation_cli import (
@@ -41,6 +44,45 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"| {budget:g} | {result.predicted_ms:.2f} |" in report
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
+
+
+@needs_data
+def test_subnets_are_timed_in_interleaved_rounds_with_the_tables_statistic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    save_tiny_supernet(tmp_path / "supernet.pt")
+    net, saved = resolve_supernet(str(tmp_path / "supernet.pt"))
+    evaluator, _, _ = dataset_evaluator(net, saved, "test", None, None, "cpu", limit=500)
+    space = net.search_space()
+
+    def by_params(module, shape):  # an additive fake latency: 1 ms per 100k parameters
+        ms = sum(p.numel() for p in module.parameters()) / 1e5
+        return lambda: Timing(ms, ms, ms, 1)
+
+    table = build_latency_table(
+        space, tmp_path / "lat.jsonl", rounds=1, statistic="median", measure=by_params
+    )
+    largest = float(table.model(space)(space.encode(space.max_arch()))[0])
+    timings = itertools.count(1)
+
+    def bursty(module, shape):  # a burst of load over the first two timings
+        def timer() -> Timing:
+            ms = 10.0 if next(timings) <= 2 else 1.0
+            return Timing(ms, ms / 2, ms, 1)  # after the burst: median 1 ms, p10 0.5 ms
+
+        return timer
+
+    monkeypatch.setattr(pipeline, "table_measurer", lambda table: bursty)
+    results = specialize(
+        evaluator,
+        AccuracyPredictor.for_space(space),
+        table,
+        [0.9 * largest, largest],
+        tmp_path / "out",
+        rounds=3,
+    )
+
+    assert [r.measured_ms for r in results] == [1.0, 1.0]  # back to back: 10 ms for the first
 
 
 @needs_data

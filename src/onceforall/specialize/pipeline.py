@@ -1,8 +1,9 @@
 """`ofa specialize`: from a trained supernet to exported subnets for latency budgets, with a report.
 
 For each budget: constrained evolution on the predictor and the latency table, extraction, BN
-recalibration, test accuracy, an optional fine-tune, end-to-end latency measured on the backend,
-export (checked against PyTorch), then one report.md with a table and a Pareto plot.
+recalibration, test accuracy, an optional fine-tune and export (checked against PyTorch); then the
+chosen subnets' end-to-end latency, measured on the backend in rounds interleaved over all of them
+(as the table's calibration and validation do), and one report.md with a table and a Pareto plot.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.export import export_subnet
 from onceforall.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from onceforall.specialize.efficiency import LayerTable, count_macs, count_params
-from onceforall.specialize.latency import LatencyTable, summarize, table_measurer
+from onceforall.specialize.latency import LatencyTable, measure_rounds, summarize, table_measurer
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search
 from onceforall.train.evaluate import SubnetEvaluator, accuracy
@@ -57,10 +58,12 @@ def specialize(
     rounds: int = 5,
     finetune: Callable[[nn.Module, Arch], object] | None = None,
 ) -> list[Specialized]:
-    """Search, extract, recalibrate, score, measure and export one subnet per budget into `out`.
+    """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
 
     `finetune(subnet, arch)`, if given, trains each extracted subnet in place before it is scored
-    again, measured and exported.
+    again and exported. The subnets are timed together at the end, in `rounds` rounds interleaved
+    over all of them (timed back to back right after its scoring, a burst of load could hit every
+    round of one subnet), with the table's statistic.
     """
     out = Path(out)
     net = evaluator.net
@@ -68,7 +71,7 @@ def specialize(
     latency, predict = table.model(space), predictor.bind(space)
     measure = table_measurer(table)
     check_budgets(space, latency, budgets_ms)  # fail before any work, not at the first infeasible budget
-    results = []
+    results, timed = [], []
     for budget in budgets_ms:
         search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
         arch = search.best_arch
@@ -79,17 +82,17 @@ def specialize(
             finetune(subnet, arch)
             finetuned_top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
         shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
-        timer = measure(subnet.cpu().to(memory_format=torch.contiguous_format), shape)
-        measured = summarize([timer() for _ in range(rounds)])
+        subnet = subnet.cpu().to(memory_format=torch.contiguous_format)
         folder = out / f"budget_{budget:g}ms"
         reports = export_subnet(subnet, shape, folder)
         arch.to_json(folder / "arch.json")
+        timed.append((lambda subnet=subnet: subnet, shape))
         results.append(
             Specialized(
                 budget_ms=budget,
                 arch=arch.to_dict(),
                 predicted_ms=float(latency(space.encode(arch))[0]),
-                measured_ms=measured,
+                measured_ms=float("nan"),  # measured below, with the others
                 predicted_top1=100 * float(predict(space.encode(arch))[0]),
                 top1=top1,
                 macs=int(count_macs(space, arch)[0]),
@@ -98,6 +101,8 @@ def specialize(
                 finetuned_top1=finetuned_top1,
             )
         )
+    for result, timings in zip(results, measure_rounds(timed, measure, rounds)):
+        result.measured_ms = summarize(timings, table.statistic)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
     plot_pareto(results, space, predict, latency, out / "pareto.png", seed)
     write_text_atomic(report(results, table, space.name), out / "report.md")
