@@ -91,6 +91,10 @@ def state_of(path: Path) -> dict[str, torch.Tensor]:
             r"phases\[0\].ks = \[9\] is not a subset",
         ),
         ({"phases": []}, "phases is empty"),
+        (
+            {"phases": [{"name": "s", "epochs": 1, "lr": 0.1, "sandwich": True}]},
+            r"sandwich .* subnets_per_step must be at least 2",
+        ),
         ({"seed": 1.5}, "seed must be int"),
     ],
 )
@@ -306,6 +310,35 @@ def test_resume_refuses_a_changed_recipe(tmp_path):
     changed = recipe_from_dict({**copy.deepcopy(TINY), "seed": 1})
     with pytest.raises(ConfigError, match=r"recipe changed .*\['seed'\]"):
         Trainer(changed, tmp_path / "run", resume=True, progress=False)
+
+
+SANDWICH = {"name": "sandwich", "epochs": 1, "lr": 0.01, "ks": [3, 7], "depth": [2, 4], "expand": [4, 6]}
+
+
+@needs_data
+def test_resume_accepts_appended_phases_only(tmp_path):
+    trainer = Trainer(recipe_from_dict(copy.deepcopy(TINY)), tmp_path / "run", progress=False)
+    trainer.position.phase = len(TINY["phases"])
+    trainer._save_state(None)
+    appended = {**copy.deepcopy(TINY), "phases": [*TINY["phases"], {**SANDWICH, "subnets_per_step": 2}]}
+    resumed = Trainer(recipe_from_dict(appended), tmp_path / "run", resume=True, progress=False)
+    assert resumed.position.phase == 3 and len(resumed.phases) == 4
+    edited = copy.deepcopy(appended)
+    edited["phases"][0]["lr"] = 0.2
+    with pytest.raises(ConfigError, match=r"recipe changed .*\['phases'\]"):
+        Trainer(recipe_from_dict(edited), tmp_path / "run", resume=True, progress=False)
+
+
+@needs_data
+def test_sandwich_steps_train_the_largest_and_smallest_subnet_first(tmp_path):
+    recipe = {**copy.deepcopy(TINY), "phases": [{**SANDWICH, "subnets_per_step": 4, "sandwich": True}]}
+    trainer = Trainer(recipe_from_dict(recipe), tmp_path / "run", progress=False)
+    n_blocks, n_stages = len(trainer.net.dynamic_blocks), len(trainer.net.block_group_info)
+    assert trainer._sample(0, 5, 0) == {"ks": [7] * n_blocks, "e": [6] * n_blocks, "d": [4] * n_stages}
+    assert trainer._sample(0, 5, 1) == {"ks": [3] * n_blocks, "e": [4] * n_blocks, "d": [2] * n_stages}
+    random_ones = [trainer._sample(0, step, k) for step in (5, 6) for k in (2, 3)]
+    assert len({json.dumps(s) for s in random_ones}) == 4
+    assert random_ones[0] == trainer._sample(0, 5, 2)
 
 
 def test_missing_dataset_folder_says_how_to_install(tmp_path):

@@ -63,6 +63,7 @@ class Phase:
     expand: list[float] | None = None
     depth: list[int] | None = None
     sort_channels: int | None = None
+    sandwich: bool = False
     distill: bool = True
 
 
@@ -145,6 +146,11 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         if phase.epochs < 0 or phase.warmup_epochs < 0 or phase.subnets_per_step < 1 or phase.lr <= 0:
             raise ConfigError(
                 f"phases[{i}] ({phase.name}): epochs >= 0, subnets_per_step >= 1 and lr > 0 required"
+            )
+        if phase.sandwich and phase.subnets_per_step < 2:
+            raise ConfigError(
+                f"phases[{i}] ({phase.name}): sandwich trains the largest and the smallest subnet "
+                "each step, so subnets_per_step must be at least 2"
             )
         for name, allowed in (
             ("ks", recipe.net.ks_list),

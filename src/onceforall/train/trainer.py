@@ -30,7 +30,7 @@ from onceforall.train import checkpoint
 from onceforall.train.data import run_data
 from onceforall.train.distributed import all_reduce_sum, average_gradients, barrier, init_world
 from onceforall.train.evaluate import SubnetEvaluator
-from onceforall.train.recipe import Phase, Recipe
+from onceforall.train.recipe import Phase, Recipe, recipe_from_dict
 from onceforall.train.schedule import learning_rate
 from onceforall.train.step import accumulate_gradients
 
@@ -181,11 +181,7 @@ class Trainer:
         state = checkpoint.read(path)
         if state.get("format") != checkpoint.STATE_FORMAT:
             raise ConfigError(f"{path} is not a training state written by `ofa train`")
-        if state["recipe"] != self.recipe.to_dict():
-            changed = sorted(k for k in state["recipe"] if state["recipe"][k] != self.recipe.to_dict().get(k))
-            raise ConfigError(
-                f"the recipe changed since {path} was written (keys {changed}); resume with the same recipe"
-            )
+        self._check_resumable(recipe_from_dict(state["recipe"]), path)
         self.net.load_state_dict(state["model"])
         self.position = Position(**state["position"])
         self.history = list(state["history"])
@@ -194,6 +190,19 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
         self._resumed_optimizer = state["optimizer"]
+
+    def _check_resumable(self, saved: Recipe, path: Path) -> None:
+        """A run resumes under its own recipe, or under one that only appends phases to it."""
+        old, new = saved.to_dict(), self.recipe.to_dict()
+        changed = sorted(k for k in old if k != "phases" and old[k] != new[k])
+        n_old = len(old["phases"])
+        if new["phases"][:n_old] != old["phases"]:
+            changed.append("phases")
+        if changed:
+            raise ConfigError(
+                f"the recipe changed since {path} was written (keys {changed}); resume with the same "
+                "recipe, or one that only appends phases to it"
+            )
 
     def _make_teacher(self, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """A frozen copy of the max subnet; train-mode BN (batch statistics) that never updates its buffers."""
@@ -218,10 +227,17 @@ class Trainer:
         )
 
     def _sample(self, phase_index: int, step: int, k: int) -> dict[str, list]:
-        """The k-th subnet of a step: uniform over the phase's choices, a pure function of its indices."""
-        rng = random.Random(mix_seed(self.recipe.seed, phase_index, step, k))
-        ks, es, ds = self._choices(self.phases[phase_index])
+        """The k-th subnet of a step: uniform over the phase's choices, a pure function of its indices.
+
+        In a sandwich phase subnets 0 and 1 are the phase's largest and smallest.
+        """
+        phase = self.phases[phase_index]
+        ks, es, ds = self._choices(phase)
         n_blocks, n_stages = len(self.net.dynamic_blocks), len(self.net.block_group_info)
+        if phase.sandwich and k < 2:
+            pick = max if k == 0 else min
+            return {"ks": [pick(ks)] * n_blocks, "e": [pick(es)] * n_blocks, "d": [pick(ds)] * n_stages}
+        rng = random.Random(mix_seed(self.recipe.seed, phase_index, step, k))
         return {
             "ks": [rng.choice(ks) for _ in range(n_blocks)],
             "e": [rng.choice(es) for _ in range(n_blocks)],
