@@ -9,8 +9,8 @@ from onceforall.train.evaluation_cli import evaluate_subnet
 
 NET_ID = "ofa_mbv3_fashion_mnist"
 # What the shipped file scores (test set, BN recalibrated) and the targets of issue #4: the shipped
-# supernet (configs/fashion_mnist.yaml, 2.6 hours on 2 cores) still falls short.
-MEASURED = {"max": 92.04, "min": 85.31}
+# supernet (configs/fashion_mnist.yaml, 3.2 hours on 2 cores) meets the min target, not the max one.
+MEASURED = {"max": 92.22, "min": 90.25}
 TARGETS = {"max": 93.0, "min": 90.0}
 
 
@@ -30,9 +30,12 @@ def test_shipped_supernet_scores_what_the_docs_say(scores):
 
 
 @needs_data
-@pytest.mark.xfail(strict=True, reason="the shipped recipe falls short of the targets (#4)")
-def test_shipped_supernet_meets_the_targets(scores):
-    assert all(scores[arch] >= TARGETS[arch] for arch in TARGETS)
+@pytest.mark.parametrize(
+    "arch",
+    ["min", pytest.param("max", marks=pytest.mark.xfail(strict=True, reason="0.8 points short (#4)"))],
+)
+def test_shipped_supernet_meets_the_targets(scores, arch):
+    assert scores[arch] >= TARGETS[arch]
 
 
 def test_shipped_predictor_fits_the_supernet_and_ranks_subnets():
