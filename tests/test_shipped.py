@@ -41,9 +41,9 @@ def test_shipped_supernet_meets_the_targets(scores, arch):
 def test_shipped_predictor_fits_the_supernet_and_ranks_subnets():
     space = zoo.ofa_net(NET_ID).search_space()
     predictor = AccuracyPredictor.load(zoo.pretrained_predictor_path(NET_ID), space)
-    # 221 subnets of the previous supernet (issue #5 asks for 1,000 of the shipped one): held-out
-    # Kendall tau 0.31, RMSE 0.85 points.
-    assert predictor.metrics["kendall_tau"] > 0.25 and 100 * predictor.metrics["rmse"] < 1.5
+    # Fitted on 1,000 subnets of the shipped supernet (2,000 held-out images each); on the 200 held-out
+    # subnets Kendall tau 0.50, RMSE 0.41 points.
+    assert predictor.metrics["kendall_tau"] > 0.45 and 100 * predictor.metrics["rmse"] < 0.5
     predict = predictor.bind(space)
     largest, smallest = space.encode([space.max_arch(28), space.min_arch(20)])
     assert predict(largest[None])[0] > predict(smallest[None])[0]
