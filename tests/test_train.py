@@ -128,10 +128,14 @@ def test_learning_rate_warmup_then_cosine():
 
 
 def test_no_progressive_shrinking_merges_the_elastic_phases():
-    recipe = recipe_from_dict({**copy.deepcopy(TINY), "no_progressive_shrinking": True})
+    sandwich = {"name": "sandwich", "epochs": 1, "lr": 0.01, "subnets_per_step": 2, "sandwich": True}
+    recipe = recipe_from_dict(
+        {**copy.deepcopy(TINY), "no_progressive_shrinking": True, "phases": [*TINY["phases"], sandwich]}
+    )
     phases = effective_phases(recipe)
     assert [p.name for p in phases] == ["teacher", "all-elastic"]
-    assert phases[1].epochs == 2 and phases[1].ks == [3, 5, 7] and phases[1].depth == [2, 3, 4]
+    assert phases[1].epochs == 3 and phases[1].ks == [3, 5, 7] and phases[1].depth == [2, 3, 4]
+    assert not phases[1].sandwich
 
 
 # ---------------------------------------------------------------------- BN recalibration

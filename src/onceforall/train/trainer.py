@@ -57,7 +57,10 @@ def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> OFAMobil
 
 
 def effective_phases(recipe: Recipe) -> list[Phase]:
-    """The phases to run; with `no_progressive_shrinking`, everything after the first is one elastic phase."""
+    """The phases to run; with `no_progressive_shrinking`, everything after the first is one elastic phase.
+
+    The merged phase samples uniformly, as the paper's ablation does, even if the recipe ends with a sandwich phase.
+    """
     phases = list(recipe.phases)
     if not recipe.no_progressive_shrinking or len(phases) < 2:
         return phases
@@ -72,6 +75,7 @@ def effective_phases(recipe: Recipe) -> list[Phase]:
         expand=recipe.net.expand_ratio_list,
         depth=recipe.net.depth_list,
         sort_channels=None,
+        sandwich=False,
     )
     return [phases[0], merged]
 
