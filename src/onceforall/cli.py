@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onceforall import zoo
+from onceforall.allocator import reuse_freed_memory
 from onceforall.arch import SearchSpace
 from onceforall.errors import OFAError
 from onceforall.specialize.commands import app as specialize_app
@@ -82,6 +83,7 @@ def demo(
 @app.callback()
 def main() -> None:
     """Once-for-All command-line tool."""
+    reuse_freed_memory()  # CPU training steps stop re-faulting their buffers (onceforall/allocator.py)
 
 
 @app.command()
