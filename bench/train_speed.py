@@ -3,9 +3,10 @@
 Kernel phase as in the paper: a teacher forward (the max subnet, train-mode BN, no grad) then 2 subnets
 per step (elastic kernel, max depth and expand), KD + label-smoothed CE, one SGD step. Both run the same
 sampled arch sequence, batch and resolution on CPU; ours in channels_last, the official as it ships.
-Steps are interleaved so machine noise hits both alike.
+Steps are interleaved so machine noise hits both alike; both run under the malloc settings of `ofa train`
+(onceforall.allocator) unless --default-malloc.
 
-    .venv/bin/python bench/train_speed.py [--steps 6] [--batch 64] [--size 64]
+    .venv/bin/python bench/train_speed.py [--steps 6] [--batch 64] [--size 64] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from onceforall import OFAMobileNetV3
+from onceforall.allocator import reuse_freed_memory
 from onceforall.train.step import accumulate_gradients
 from onceforall.train.trainer import parameter_groups, sgd
 
@@ -59,7 +61,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
     args = parser.parse_args()
+    malloc = (
+        "glibc default malloc" if args.default_malloc or not reuse_freed_memory() else "ofa's malloc settings"
+    )
     if not available():
         sys.exit("the official package is not installed: run `make reference` first")
     torch.manual_seed(0)
@@ -87,7 +93,7 @@ def main() -> None:
                 times[name].append(t)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size} px, "
-        f"kernel phase: teacher + 2 subnets per step, {args.steps} steps"
+        f"kernel phase: teacher + 2 subnets per step, {args.steps} steps, {malloc}"
     )
     speed = {name: args.batch / statistics.median(t) for name, t in times.items()}
     for name, ips in speed.items():
