@@ -41,6 +41,8 @@ demo: venv datasets
 
 bench: venv reference
 	$(BIN)/python bench/supernet_speed.py
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/allocator.py
 
 lint: venv
 	$(BIN)/ruff check .
