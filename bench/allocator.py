@@ -3,9 +3,9 @@
 Each measurement runs in a fresh process (malloc settings are per process): forward + backward + fused
 SGD of the supernet on CPU, at the max and the min arch: by default the w1.0 ImageNet supernet at 64 px,
 batch 64; with --recipe the supernet, batch and largest resolution of a training recipe (1-channel,
-10-class input as Fashion-MNIST's). Processes alternate
-(default, tuned, tuned, default, ...) so machine noise hits both alike; reported are the medians over
-rounds of each process's median step time, and the page faults per step.
+10-class input as Fashion-MNIST's). Processes alternate (default, tuned, tuned, default, ...) so machine
+noise hits both alike; reported are the medians over rounds of each process's median step time, and
+the page faults per step.
 
     .venv/bin/python bench/allocator.py [--rounds 3] [--steps 5]
     .venv/bin/python bench/allocator.py --recipe configs/fashion_mnist.yaml
@@ -46,10 +46,9 @@ def measure(arch_name: str, tuned: bool, args: argparse.Namespace) -> dict[str, 
     net.set_arch(space.max_arch() if arch_name == "max" else space.min_arch())
     x = torch.randn(batch, net.in_channels, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, net.n_classes, (batch,))
-    steps = args.steps
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, fused=True)
     times, faults = [], 0
-    for i in range(steps + 1):
+    for i in range(args.steps + 1):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -58,7 +57,7 @@ def measure(arch_name: str, tuned: bool, args: argparse.Namespace) -> dict[str, 
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
             faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    return {"seconds": statistics.median(times), "faults": faults / steps, "applied": applied}
+    return {"seconds": statistics.median(times), "faults": faults / args.steps, "applied": applied}
 
 
 def in_child(arch_name: str, tuned: bool, argv: list[str]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -29,7 +30,9 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def faults_of(mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    command = [sys.executable, "-c", CHILD, mode]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout)
 
 
