@@ -32,9 +32,9 @@ from onceforall.train.trainer import build_supernet
 LISTS = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
 
 
-def measure(arch_name: str, tuned: bool, args: argparse.Namespace) -> dict[str, float]:
+def measure(arch_name: str, tuned: bool, args: argparse.Namespace) -> dict:
     """Median step time and mean minor page faults per step of one process."""
-    applied = reuse_freed_memory() if tuned else False
+    applied = reuse_freed_memory() if tuned else None
     torch.manual_seed(0)
     if args.recipe:
         recipe = load_recipe(args.recipe)
@@ -60,7 +60,7 @@ def measure(arch_name: str, tuned: bool, args: argparse.Namespace) -> dict[str, 
     return {"seconds": statistics.median(times), "faults": faults / args.steps, "applied": applied}
 
 
-def in_child(arch_name: str, tuned: bool, argv: list[str]) -> dict[str, float]:
+def in_child(arch_name: str, tuned: bool, argv: list[str]) -> dict:
     command = [sys.executable, __file__, "--child", arch_name, *argv]
     output = subprocess.run(
         command + (["--tuned"] if tuned else []), capture_output=True, text=True, check=True

@@ -17,8 +17,6 @@ where it stopped), then a calibration line.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime
 import json
 import os
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from onceforall.allocator import reuse_freed_memory
 from onceforall.arch import Arch, SearchSpace
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
@@ -114,30 +113,6 @@ def _ort_version() -> str | None:
     return onnxruntime.__version__
 
 
-def steady_allocator(apply: bool = True) -> str | None:
-    """Make glibc keep freed memory in the process (for the rest of it); what is set, or None.
-
-    Eager PyTorch on the CPU allocates every activation with malloc; glibc serves large ones with
-    mmap and page faults, and its *dynamic* mmap threshold makes that depend on what the process
-    allocated before, so the same layer can time 1.3 ms or 3.3 ms (measured). Fixing the mmap
-    threshold at its maximum (32 MiB) and never trimming the heap gives the steady state a
-    long-running process (or a caching allocator) has. onnxruntime has its own arena. With
-    `apply=False` only says what would be set. A torch `Measurer` applies it.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return None
-    if mallopt is None or platform.libc_ver()[0] != "glibc":
-        return None
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if apply and (mallopt(m_mmap_threshold, 32 << 20) != 1 or mallopt(m_trim_threshold, 1 << 30) != 1):
-        return None
-    return "glibc mmap_threshold=32MiB trim_threshold=1GiB"
-
-
 def current_settings(backend: str, device: str = "cpu", threads: int = 1, batch_size: int = 1) -> dict:
     """The settings a table measured here, now, would record (what `load(expect=...)` compares)."""
     if backend not in BACKENDS:
@@ -158,7 +133,7 @@ def current_settings(backend: str, device: str = "cpu", threads: int = 1, batch_
         "batch_size": batch_size,
         "torch": torch.__version__,
         "onnxruntime": _ort_version() if backend == "onnxruntime" else None,
-        "allocator": "onnxruntime arena" if backend == "onnxruntime" else steady_allocator(apply=False),
+        "allocator": "onnxruntime arena" if backend == "onnxruntime" else reuse_freed_memory(apply=False),
     }
 
 
@@ -219,7 +194,7 @@ class Measurer:
 
     `measurer(module, input_shape)` prepares the module once (moves it, or exports it and opens an
     onnxruntime session) and returns a timer: each call of the timer measures one round. A torch
-    CPU measurer fixes glibc's allocation thresholds for the process (`steady_allocator`).
+    CPU measurer fixes glibc's allocation thresholds for the process (`onceforall.allocator`).
     """
 
     def __init__(
@@ -235,7 +210,7 @@ class Measurer:
         self.backend, self.device, self.threads, self.batch_size = backend, device, threads, batch_size
         self.warmup, self.repeats = warmup, repeats
         if backend == "torch" and device == "cpu":
-            steady_allocator()
+            reuse_freed_memory()
 
     def __call__(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Timing]:
         with torch_threads(self.threads):
