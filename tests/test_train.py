@@ -173,6 +173,30 @@ def test_set_running_statistics_on_a_supernet_writes_only_active_channels(mbv3):
         assert torch.allclose(subnet(x), other.eval()(x), atol=1e-4)
 
 
+def test_calibration_images_are_a_seeded_sample_preprocessed_as_scored_images():
+    from onceforall.data import DatasetInfo
+    from onceforall.train.data import calibration_batches
+
+    images = torch.randint(0, 256, (100, 1, 12, 12), dtype=torch.uint8)
+    info = DatasetInfo("synthetic", 10, 1, 12, (0.5,), (0.25,))
+    source = (images, torch.zeros(100, dtype=torch.long))
+    plain = calibration_batches(source, info, 12, 40, 20, (0.3, 1.0), "cpu")
+    assert [b.shape for b in plain] == [torch.Size([20, 1, 12, 12])] * 2
+    normalised = (images.float() / 255 - 0.5) / 0.25
+    picked = torch.cat(plain)
+    matches = (picked[:, None] - normalised[None]).abs().amax((2, 3, 4)) < 1e-5
+    assert matches.sum(1).eq(1).all() and matches.any(0).sum() == 40  # 40 distinct training images, uncropped
+    assert not torch.equal(picked, normalised[:40])  # a shuffled sample, not the first images
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(plain, calibration_batches(source, info, 12, 40, 20, (0.3, 1.0), "cpu"))
+    )
+    augmented = torch.cat(calibration_batches(source, info, 12, 40, 20, (0.3, 1.0), "cpu", augment=True))
+    assert (
+        (augmented[:, None] - normalised[None]).abs().amax((2, 3, 4)) < 1e-5
+    ).sum() < 40  # crops and flips
+
+
 # ---------------------------------------------------------------------- training runs
 @needs_data
 def test_tiny_run_trains_every_phase_and_evaluates(tmp_path):

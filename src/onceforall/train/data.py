@@ -78,18 +78,24 @@ def calibration_batches(
     batch: int,
     crop_scale: Sequence[float],
     device,
+    augment: bool = False,
 ) -> list[torch.Tensor]:
-    """The fixed, augmented images BN statistics are recalibrated on (the same on every rank)."""
+    """The fixed training images BN statistics are recalibrated on (the same on every rank).
+
+    A seeded sample of `images` training images, preprocessed as the images a subnet is scored on
+    (resized to `resolution`), or with the training crops and flips when `augment` (the original's
+    choice; it scores lower on Fashion-MNIST, see docs/training.md).
+    """
+    augmentation = dict(train=True, scale=tuple(crop_scale)) if augment else dict(train=False, shuffle=True)
     loader = make_loader(
         source,
         info,
         batch,
-        train=True,
         resolutions=[resolution],
         seed=CALIBRATION_SEED,
-        scale=tuple(crop_scale),
         device=device,
         memory_format=torch.channels_last,
+        **augmentation,
     )
     n_batches = max(1, images // batch)
     return [x for _, (x, _) in zip(range(n_batches), loader)]
@@ -100,6 +106,7 @@ def run_data(
     seed: int,
     calibration_images: int,
     calibration_batch: int,
+    calibration_augment: bool,
     world: World,
     device: torch.device,
 ) -> RunData:
@@ -122,7 +129,14 @@ def run_data(
 
     def calibration(resolution: int) -> list[torch.Tensor]:
         return calibration_batches(
-            train, info, resolution, calibration_images, calibration_batch, cfg.crop_scale, device
+            train,
+            info,
+            resolution,
+            calibration_images,
+            calibration_batch,
+            cfg.crop_scale,
+            device,
+            calibration_augment,
         )
 
     def evaluation(source: Source) -> Callable[[int], TensorLoader | FolderLoader]:

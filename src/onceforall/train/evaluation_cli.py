@@ -89,7 +89,7 @@ def dataset_evaluator(
 ) -> tuple[SubnetEvaluator, DatasetInfo, int]:
     """A SubnetEvaluator scoring `split` ("test" or "holdout") of the data the supernet was trained on.
 
-    BN statistics are recalibrated on augmented training images, as during training; `limit` scores
+    BN statistics are recalibrated on training images as during training; `limit` scores
     only the split's first images; `source` reuses already loaded data. Returns the evaluator, the
     dataset info and the number of images scored.
     """
@@ -102,9 +102,10 @@ def dataset_evaluator(
         scored = subset(scored, torch.arange(min(limit, source_size(scored))))
     crop_scale = config.get("crop_scale", DataConfig().crop_scale)
     n_images, batch = recipe.get("bn_calibration_images", 2000), recipe.get("bn_calibration_batch", 200)
+    augment = recipe.get("bn_calibration_augment", False)
 
     def calibration(r: int):
-        return calibration_batches(train, info, r, n_images, batch, crop_scale, dev)
+        return calibration_batches(train, info, r, n_images, batch, crop_scale, dev, augment)
 
     def batches(r: int):
         return make_loader(

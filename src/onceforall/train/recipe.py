@@ -82,6 +82,7 @@ class Recipe:
     kd_ratio: float = 1.0
     bn_calibration_images: int = 2000
     bn_calibration_batch: int = 200
+    bn_calibration_augment: bool = False
     validate_every: int = 0
     checkpoint_every: int = 200
     log_every: int = 20

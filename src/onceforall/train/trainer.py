@@ -144,6 +144,7 @@ class Trainer:
             recipe.seed,
             recipe.bn_calibration_images,
             recipe.bn_calibration_batch,
+            recipe.bn_calibration_augment,
             self.world,
             self.device,
         )
