@@ -95,6 +95,10 @@ def state_of(path: Path) -> dict[str, torch.Tensor]:
             {"phases": [{"name": "s", "epochs": 1, "lr": 0.1, "sandwich": True}]},
             r"sandwich .* subnets_per_step must be at least 2",
         ),
+        (
+            {"phases": [{"name": "k", "epochs": 1, "lr": 0.1, "train_largest": True}]},
+            r"train_largest .* subnets_per_step must be at least 2",
+        ),
         ({"seed": 1.5}, "seed must be int"),
     ],
 )
@@ -367,6 +371,18 @@ def test_sandwich_steps_train_the_largest_and_smallest_subnet_first(tmp_path):
     random_ones = [trainer._sample(0, step, k) for step in (5, 6) for k in (2, 3)]
     assert len({json.dumps(s) for s in random_ones}) == 4
     assert random_ones[0] == trainer._sample(0, 5, 2)
+
+
+@needs_data
+def test_train_largest_steps_train_the_largest_subnet_then_sampled_ones(tmp_path):
+    recipe = {**copy.deepcopy(TINY), "phases": [{**SANDWICH, "subnets_per_step": 3, "train_largest": True}]}
+    trainer = Trainer(recipe_from_dict(recipe), tmp_path / "run", progress=False)
+    n_blocks, n_stages = len(trainer.net.dynamic_blocks), len(trainer.net.block_group_info)
+    largest = {"ks": [7] * n_blocks, "e": [6] * n_blocks, "d": [4] * n_stages}
+    assert [trainer._sample(0, step, 0) for step in (5, 6)] == [largest, largest]
+    sampled = [trainer._sample(0, step, k) for step in (5, 6) for k in (1, 2)]
+    assert len({json.dumps(s) for s in sampled}) == 4
+    assert {"ks": [3] * n_blocks, "e": [4] * n_blocks, "d": [2] * n_stages} not in sampled
 
 
 def test_missing_dataset_folder_says_how_to_install(tmp_path):

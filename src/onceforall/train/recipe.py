@@ -64,6 +64,7 @@ class Phase:
     depth: list[int] | None = None
     sort_channels: int | None = None
     sandwich: bool = False
+    train_largest: bool = False
     distill: bool = True
 
 
@@ -151,6 +152,11 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         if phase.sandwich and phase.subnets_per_step < 2:
             raise ConfigError(
                 f"phases[{i}] ({phase.name}): sandwich trains the largest and the smallest subnet "
+                "each step, so subnets_per_step must be at least 2"
+            )
+        if phase.train_largest and phase.subnets_per_step < 2:
+            raise ConfigError(
+                f"phases[{i}] ({phase.name}): train_largest trains the largest subnet plus sampled ones "
                 "each step, so subnets_per_step must be at least 2"
             )
         for name, allowed in (

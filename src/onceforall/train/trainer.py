@@ -59,7 +59,7 @@ def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> OFAMobil
 def effective_phases(recipe: Recipe) -> list[Phase]:
     """The phases to run; with `no_progressive_shrinking`, everything after the first is one elastic phase.
 
-    The merged phase samples uniformly, as the paper's ablation does, even if the recipe ends with a sandwich phase.
+    The merged phase samples uniformly, as the paper's ablation does, even if the recipe has sandwich phases.
     """
     phases = list(recipe.phases)
     if not recipe.no_progressive_shrinking or len(phases) < 2:
@@ -76,6 +76,7 @@ def effective_phases(recipe: Recipe) -> list[Phase]:
         depth=recipe.net.depth_list,
         sort_channels=None,
         sandwich=False,
+        train_largest=False,
     )
     return [phases[0], merged]
 
@@ -234,12 +235,13 @@ class Trainer:
     def _sample(self, phase_index: int, step: int, k: int) -> dict[str, list]:
         """The k-th subnet of a step: uniform over the phase's choices, a pure function of its indices.
 
-        In a sandwich phase subnets 0 and 1 are the phase's largest and smallest.
+        Subnet 0 is the phase's largest in a sandwich or train_largest phase, subnet 1 its smallest in a
+        sandwich phase.
         """
         phase = self.phases[phase_index]
         ks, es, ds = self._choices(phase)
         n_blocks, n_stages = len(self.net.dynamic_blocks), len(self.net.block_group_info)
-        if phase.sandwich and k < 2:
+        if (k == 0 and (phase.sandwich or phase.train_largest)) or (k == 1 and phase.sandwich):
             pick = max if k == 0 else min
             return {"ks": [pick(ks)] * n_blocks, "e": [pick(es)] * n_blocks, "d": [pick(ds)] * n_stages}
         rng = random.Random(mix_seed(self.recipe.seed, phase_index, step, k))
