@@ -1,6 +1,8 @@
 """Atomic writes and latency measurement."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -23,6 +25,15 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         save_atomic({"weights": torch.ones(1000), "unpicklable": lambda: 0}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_atomic({"step": 1}, tmp_path / "ckpt.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_write_json_atomic(tmp_path):

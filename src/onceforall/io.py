@@ -11,11 +11,19 @@ from typing import Any
 import torch
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file (0o666 less the umask); mkstemp's 0o600 would hide it from others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: str | Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
