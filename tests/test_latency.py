@@ -11,9 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from onceforall import OFAMobileNetV3
+from onceforall.cost import distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
-from onceforall.specialize.efficiency import distinct_specs
 from onceforall.specialize.latency import (
     LatencyTable,
     Measurer,

@@ -15,10 +15,10 @@ from rich.table import Table
 from onceforall import zoo
 from onceforall.allocator import reuse_freed_memory
 from onceforall.arch import SearchSpace
+from onceforall.cost import LayerTable
 from onceforall.errors import OFAError
 from onceforall.specialize.commands import app as specialize_app
 from onceforall.specialize.commands import parse_quantity
-from onceforall.specialize.efficiency import LayerTable
 from onceforall.specialize.finetune import distilling_finetuner
 from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
 from onceforall.specialize.pipeline import Specialized, check_budgets

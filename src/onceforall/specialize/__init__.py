@@ -1,5 +1,5 @@
 """Specialization for a device: efficiency models, accuracy predictors and search."""
 
-from onceforall.specialize.efficiency import LayerTable, count_macs, count_params, distinct_specs
+from onceforall.cost import LayerTable, count_macs, count_params, distinct_specs
 
 __all__ = ["LayerTable", "count_macs", "count_params", "distinct_specs"]

@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 
 from onceforall.arch import Arch, SearchSpace
+from onceforall.cost import LayerTable
 from onceforall.errors import OFAError
 from onceforall.spaces.mobilenet_v3 import IMAGENET_RESOLUTIONS, SMALL_INPUT_STRIDES, OFAMobileNetV3
-from onceforall.specialize.efficiency import LayerTable
 from onceforall.specialize.latency import (
     LatencyTable,
     build_latency_table,

@@ -34,9 +34,9 @@ import torch.nn as nn
 
 from onceforall.allocator import reuse_freed_memory
 from onceforall.arch import Arch, SearchSpace
+from onceforall.cost import LayerTable, distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
-from onceforall.specialize.efficiency import LayerTable, distinct_specs
 
 FORMAT = "onceforall.latency_table"
 VERSION = 1

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 
 from onceforall.arch import Arch, SearchSpace
+from onceforall.cost import LayerTable, count_macs, count_params
 from onceforall.export import export_subnet
 from onceforall.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from onceforall.specialize.efficiency import LayerTable, count_macs, count_params
 from onceforall.specialize.latency import LatencyTable, measure_rounds, summarize, table_measurer
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from onceforall.arch import Arch, SearchSpace
+from onceforall.cost import LayerTable
 from onceforall.errors import SearchError
-from onceforall.specialize.efficiency import LayerTable
 from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import OneHot
 

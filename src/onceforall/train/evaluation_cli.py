@@ -9,9 +9,9 @@ from typing import Any, NamedTuple
 import torch
 
 from onceforall.arch import Arch
+from onceforall.cost import count_macs, count_params
 from onceforall.data import DatasetInfo, FolderLoader, TensorLoader, load_dataset
 from onceforall.errors import ArchError, CheckpointError
-from onceforall.specialize import count_macs, count_params
 from onceforall.train.checkpoint import load_supernet
 from onceforall.train.data import Source, calibration_batches, make_loader, source_size, splits, subset
 from onceforall.train.evaluate import SubnetEvaluator
