@@ -55,7 +55,13 @@ class Arch:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], space: str | None = None) -> Arch:
-        """Read our JSON form, or an official `{"ks", "e", "d"[, "image_size"]}` dict given `space`."""
+        """Read our JSON form, or an official dict given `space`.
+
+        Official dicts: `{"ks", "e", "d"[, "image_size"]}` (the accuracy dataset's) and the
+        tutorial's and evolution finder's `{"wid": None, "ks", "e", "d", "r": [160]}`. `r` is
+        the input size, as a one-element list or a number; `wid` is the old API's
+        width-multiplier index, which only None can honour (ResNet widths are the list `w`).
+        """
         if not isinstance(data, dict):
             raise ArchError(f"an arch must be a JSON object, got {type(data).__name__}")
         version = data.get("version", ARCH_VERSION)
@@ -63,14 +69,27 @@ class Arch:
             raise ArchError(
                 f"arch format version {version} is not supported; this library reads {ARCH_VERSION}"
             )
-        known = {f.name for f in fields(cls)} | {"format", "version", "r"}
+        known = {f.name for f in fields(cls)} | {"format", "version", "r", "wid"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ArchError(f"unknown arch keys {unknown}; expected some of {sorted(known)}")
+        if data.get("wid") is not None:
+            # MobileNetV3 / ProxylessNAS supernets have one width and ResNet archs say `w`, so a
+            # non-None width index has nothing to select; dropping it would change the subnet.
+            raise ArchError(
+                f"arch.wid = {data['wid']!r} cannot be honoured: 'wid' (the old official width-multiplier "
+                "index) must be None, as the tutorial writes it; OFA-MobileNetV3/ProxylessNAS supernets "
+                "have one width, and ResNet width indices go in 'w' (6 indices into width_mult_list)"
+            )
         space = data.get("space", space)
         if space is None:
             raise ArchError("the arch names no space; pass space=... or add a 'space' key")
-        size = data.get("image_size", data.get("r"))
+        size = data.get("image_size")
+        if "r" in data:
+            r = _official_size(data["r"])
+            if size is not None and size != r:
+                raise ArchError(f"arch has image_size = {size!r} and r = {data['r']!r}; give one input size")
+            size = r
         if size is None:
             raise ArchError("the arch has no 'image_size' (input resolution)")
         lists = {name: _as_tuple(name, data[name]) for name in LIST_FIELDS if name in data}
@@ -91,6 +110,16 @@ class Arch:
         except json.JSONDecodeError as err:
             raise ArchError(f"arch JSON is malformed: {err}") from None
         return cls.from_dict(data, space)
+
+
+def _official_size(value: Any) -> int:
+    """The input size of an official dict's `r`: `[160]` (as the tutorial writes it) or `160`."""
+    size = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise ArchError(
+            f"arch.r = {value!r} is not one input size; expected an integer or a one-element list such as [160]"
+        )
+    return int(size)
 
 
 def _as_tuple(name: str, value: Any) -> tuple:

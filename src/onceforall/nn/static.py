@@ -81,6 +81,17 @@ class ConvLayer(nn.Module):
         return x
 
     @property
+    def module_str(self) -> str:
+        """The official one-line summary, e.g. `3x3_Conv_O16_H_SWISH_BN`."""
+        k = self.kernel_size
+        kind = "GroupConv" if self.groups > 1 else "Conv"
+        text = f"{k}x{k}_{'Dilated' if self.dilation > 1 else ''}{kind}_O{self.out_channels}"
+        # The official string calls `act_func.upper()` and fails without an activation; leave it out.
+        if self.act_func is not None:
+            text += f"_{self.act_func.upper()}"
+        return text + ("_BN" if self.use_bn else "")
+
+    @property
     def config(self) -> dict[str, Any]:
         return {
             "name": "ConvLayer",
@@ -121,6 +132,10 @@ class IdentityLayer(nn.Module):
         return x
 
     @property
+    def module_str(self) -> str:
+        return "Identity"
+
+    @property
     def config(self) -> dict[str, Any]:
         return {
             "name": "IdentityLayer",
@@ -159,6 +174,10 @@ class LinearLayer(nn.Module):
         for module in self.children():
             x = module(x)
         return x
+
+    @property
+    def module_str(self) -> str:
+        return f"{self.in_features}x{self.out_features}_Linear"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -220,6 +239,16 @@ class MBConvLayer(nn.Module):
         return self.point_linear(self.depth_conv(x))
 
     @property
+    def module_str(self) -> str:
+        """The official one-line summary, e.g. `SE_5x5_MBConv4_RELU_O40_BN`."""
+        # As the official string: the ratio printed is mid // in when the middle width is given,
+        # truncated to an integer either way.
+        ratio = self.expand_ratio if self.mid_channels is None else self.mid_channels // self.in_channels
+        k = self.kernel_size
+        text = f"{k}x{k}_MBConv{int(ratio)}_{self.act_func.upper()}"
+        return ("SE_" if self.use_se else "") + f"{text}_O{self.out_channels}_BN"
+
+    @property
     def config(self) -> dict[str, Any]:
         return {
             "name": "MBConvLayer",
@@ -247,6 +276,12 @@ class ResidualBlock(nn.Module):
         if self.shortcut is None:
             return self.conv(x)
         return self.conv(x) + self.shortcut(x)
+
+    @property
+    def module_str(self) -> str:
+        conv = "None" if self.conv is None else self.conv.module_str
+        shortcut = "None" if self.shortcut is None else self.shortcut.module_str
+        return f"({conv}, {shortcut})"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -293,6 +328,13 @@ class ResNetBottleneckBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = self.downsample(x)
         return self.final_act(self.conv3(self.conv2(self.conv1(x))) + residual)
+
+    @property
+    def module_str(self) -> str:
+        k = self.kernel_size
+        layers = f"{self.in_channels}->{self.mid_channels}->{self.out_channels}_S{self.stride}_G{self.groups}"
+        skip = "Identity" if isinstance(self.downsample, IdentityLayer) else self.downsample_mode
+        return f"({k}x{k}_BottleneckConv_{layers}, {skip})"
 
     @property
     def config(self) -> dict[str, Any]:

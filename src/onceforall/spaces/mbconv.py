@@ -14,7 +14,18 @@ from onceforall.arch import Arch
 from onceforall.errors import ArchError
 from onceforall.nn.dynamic import DynamicMBConvLayer
 from onceforall.nn.static import IdentityLayer, ResidualBlock
-from onceforall.spaces.common import Supernet, check_input, set_bn_param, to_list
+from onceforall.spaces.common import (
+    Supernet,
+    check_input,
+    check_subnet_keywords,
+    layer_config,
+    layer_module_str,
+    set_bn_param,
+    to_list,
+)
+
+# The official `set_constraint` types and the `set_active_subnet` keyword each restricts.
+CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
 
 
 def mbconv_stages(
@@ -57,11 +68,17 @@ class MBConvSupernet(Supernet):
     stage_strides: tuple[int, ...]
     block_group_info: list[list[int]]
     runtime_depth: list[int]
+    # set_constraint's allowed values: per dimension ("ks", "e", "d"), one list per block or stage.
+    _include: dict[str, list[list[Any]]] | None = None
 
     def static_network(self, blocks: list[nn.Module]) -> nn.Module:
         raise NotImplementedError
 
     def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def head(self) -> list[nn.Module]:
+        """The layers after the blocks, in order (for `module_str`)."""
         raise NotImplementedError
 
     @property
@@ -100,8 +117,10 @@ class MBConvSupernet(Supernet):
     def set_active_subnet(self, ks: Any = None, e: Any = None, d: Any = None, **kwargs: Any) -> None:
         """Scalars apply to every block (stage for `d`); lists give one value per block (stage).
 
-        `None` leaves a value as it is; depths are clipped to the stage length.
+        `None` leaves a value as it is; depths are clipped to the stage length. Any other keyword
+        is an ArchError (the official method ignores them), except the old API's `wid=None`.
         """
+        check_subnet_keywords(self, kwargs, ("ks", "e", "d"))
         n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
         ks, e, d = to_list(ks, n_blocks, "ks"), to_list(e, n_blocks, "e"), to_list(d, n_stages, "d")
         checks = [("ks", v, self.ks_list) for v in ks] + [("e", v, self.expand_ratio_list) for v in e]
@@ -118,13 +137,73 @@ class MBConvSupernet(Supernet):
             if depth is not None:
                 self.runtime_depth[stage] = min(len(self.block_group_info[stage]), depth)
 
+    def set_constraint(self, include_list: Sequence[Any], constraint_type: str = "depth") -> None:
+        """Restrict `sample_active_subnet` to some values of one dimension, as the official method.
+
+        `constraint_type` is "kernel_size", "expand_ratio" or "depth"; `include_list` holds the
+        allowed values for every block (stage), or one list of them per block (per stage). The
+        values must be choices of the supernet. Activation and the search space are unaffected.
+        """
+        if constraint_type not in CONSTRAINT_TYPES:
+            raise ArchError(
+                f"constraint_type = {constraint_type!r} is not known; choices are {tuple(CONSTRAINT_TYPES)}"
+            )
+        name = CONSTRAINT_TYPES[constraint_type]
+        if (
+            isinstance(include_list, (str, bytes))
+            or not isinstance(include_list, Sequence)
+            or not include_list
+        ):
+            raise ArchError(
+                f"include_list for {constraint_type} must be a non-empty list of values (or of lists, one "
+                f"per {'stage' if name == 'd' else 'block'}), got {include_list!r}"
+            )
+        n = len(self.block_group_info) if name == "d" else len(self.blocks) - 1
+        # As the official method: a list whose first entry is a list gives one value set per position.
+        per_position = isinstance(include_list[0], (list, tuple))
+        sets = [list(v) for v in include_list] if per_position else [list(include_list)] * n
+        if len(sets) != n:
+            raise ArchError(
+                f"include_list for {constraint_type} has {len(sets)} lists; expected one per "
+                f"{'stage' if name == 'd' else 'block'} ({n})"
+            )
+        for position, values in enumerate(sets):
+            choices = self._choices(name, position)
+            bad = [v for v in values if v not in choices]
+            if not values or bad:
+                raise ArchError(
+                    f"include_list for {constraint_type} allows {values if not values else bad}, which "
+                    f"{'is empty' if not values else 'are not choices of this supernet'}; "
+                    f"choices are {tuple(choices)}"
+                )
+        self._include = {**(self._include or {}), name: sets}
+
+    def clear_constraint(self) -> None:
+        """Lift every `set_constraint`: sampling draws from all choices again."""
+        self._include = None
+
+    def _choices(self, name: str, position: int) -> list:
+        if name == "ks":
+            return self.ks_list
+        return self.expand_ratio_list if name == "e" else self.depth_choices(position)
+
     def sample_active_subnet(self) -> dict[str, list]:
-        """Draw a subnet uniformly per entry with Python's `random`, activate and return it."""
-        n_blocks = len(self.blocks) - 1
+        """Draw a subnet uniformly per entry with Python's `random`, activate and return it.
+
+        Draws come in the official order (all kernel sizes, all expand ratios, then depths), from
+        the values `set_constraint` allows, so a seeded `random` gives the official subnet.
+        """
+        n_blocks, n_stages = len(self.blocks) - 1, len(self.block_group_info)
+        include = self._include or {}
+        ks_sets = include.get("ks", [self.ks_list] * n_blocks)
+        e_sets = include.get("e", [self.expand_ratio_list] * n_blocks)
+        d_sets = include.get("d", [self.depth_list] * n_stages)
         config = {
-            "ks": [random.choice(self.ks_list) for _ in range(n_blocks)],
-            "e": [random.choice(self.expand_ratio_list) for _ in range(n_blocks)],
-            "d": [min(len(group), random.choice(self.depth_list)) for group in self.block_group_info],
+            "ks": [random.choice(values) for values in ks_sets],
+            "e": [random.choice(values) for values in e_sets],
+            "d": [
+                min(len(group), random.choice(values)) for group, values in zip(self.block_group_info, d_sets)
+            ],
         }
         self.set_active_subnet(**config)
         return config
@@ -180,6 +259,27 @@ class MBConvSupernet(Supernet):
             "name": config.pop("name"),
             "bn": {"momentum": momentum, "eps": eps, "ws_eps": None},
             **config,
+        }
+
+    @property
+    def module_str(self) -> str:
+        """The official summary of the active subnet: one line per active layer."""
+        layers = [
+            self.first_conv,
+            self.blocks[0],
+            *(self.blocks[i] for i in self.active_blocks()),
+            *self.head(),
+        ]
+        return "".join(layer_module_str(layer) + "\n" for layer in layers)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The official config of the whole supernet (every block at its elastic ranges), JSON-serialisable."""
+        config = self.net_config([layer_config(block) for block in self.blocks])
+        return {
+            "name": type(self).__name__,
+            "bn": self.get_bn_param(),
+            **{k: v for k, v in config.items() if k != "name"},
         }
 
     def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:

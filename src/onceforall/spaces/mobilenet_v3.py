@@ -21,7 +21,7 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import set_bn_param, to_list
+from onceforall.spaces.common import OfficialNetwork, set_bn_param, to_list
 from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
@@ -34,7 +34,7 @@ SMALL_INPUT_STRIDES = (2, 2, 2, 1, 1)
 IMAGENET_RESOLUTIONS = tuple(range(128, 225, 4))
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(OfficialNetwork):
     """A static MobileNetV3 (what `get_active_subnet` returns), built from layers or a net config."""
 
     def __init__(
@@ -59,6 +59,13 @@ class MobileNetV3(nn.Module):
         x = self.final_expand_layer(x)
         x = self.feature_mix_layer(x.mean((2, 3), keepdim=True))
         return self.classifier(x.flatten(1))
+
+    @property
+    def module_str(self) -> str:
+        """The official summary: one line per layer, the pooling as the official module prints itself."""
+        lines = [self.first_conv.module_str, *(block.module_str for block in self.blocks)]
+        lines += [self.final_expand_layer.module_str, "MyGlobalAvgPool2d(keep_dim=True)"]
+        return "\n".join([*lines, self.feature_mix_layer.module_str, self.classifier.module_str])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -177,6 +184,9 @@ class OFAMobileNetV3(MBConvSupernet):
             copy.deepcopy(self.feature_mix_layer),
             copy.deepcopy(self.classifier),
         )
+
+    def head(self) -> list[nn.Module]:
+        return [self.final_expand_layer, self.feature_mix_layer, self.classifier]
 
     def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -25,7 +25,7 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import set_bn_param, to_list
+from onceforall.spaces.common import OfficialNetwork, set_bn_param, to_list
 from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
 from onceforall.spaces.mobilenet_v3 import IMAGENET_RESOLUTIONS, _check_args, _digits
 
@@ -36,7 +36,7 @@ ACT = "relu6"
 BN_PARAM = (0.1, 1e-3)
 
 
-class ProxylessNASNets(nn.Module):
+class ProxylessNASNets(OfficialNetwork):
     """A static ProxylessNAS network (what `get_active_subnet` returns), built from layers or a net config."""
 
     def __init__(
@@ -59,6 +59,14 @@ class ProxylessNASNets(nn.Module):
         if self.feature_mix_layer is not None:
             x = self.feature_mix_layer(x)
         return self.classifier(x.mean((2, 3)))
+
+    @property
+    def module_str(self) -> str:
+        """The official summary: one line per layer, the pooling as the official module prints itself."""
+        lines = [self.first_conv.module_str, *(block.module_str for block in self.blocks)]
+        if self.feature_mix_layer is not None:  # the official string fails without one
+            lines.append(self.feature_mix_layer.module_str)
+        return "\n".join([*lines, "MyGlobalAvgPool2d(keep_dim=False)", self.classifier.module_str])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -175,6 +183,9 @@ class OFAProxylessNASNets(MBConvSupernet):
             copy.deepcopy(self.feature_mix_layer),
             copy.deepcopy(self.classifier),
         )
+
+    def head(self) -> list[nn.Module]:
+        return [self.feature_mix_layer, self.classifier]
 
     def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -19,7 +19,16 @@ from onceforall.nn.dynamic import DynamicConvLayer, DynamicLinearLayer, DynamicR
 from onceforall.nn.ops import make_divisible, out_size
 from onceforall.nn.spec import LayerSpec
 from onceforall.nn.static import IdentityLayer, ResidualBlock, layer_from_config
-from onceforall.spaces.common import Supernet, check_input, set_bn_param, to_list
+from onceforall.spaces.common import (
+    OfficialNetwork,
+    Supernet,
+    check_input,
+    check_subnet_keywords,
+    layer_config,
+    layer_module_str,
+    set_bn_param,
+    to_list,
+)
 
 BASE_DEPTHS = (2, 2, 4, 2)
 STAGE_WIDTHS = (256, 512, 1024, 2048)
@@ -29,7 +38,7 @@ RESNET_RESOLUTIONS = (128, 144, 160, 176, 192, 224, 240, 256)
 DEFAULT_LISTS = ((0, 1, 2), (0.2, 0.25, 0.35), (0.65, 0.8, 1.0))
 
 
-class ResNets(nn.Module):
+class ResNets(OfficialNetwork):
     """A static ResNet (what `get_active_subnet` returns), built from layers or a net config."""
 
     BASE_DEPTH_LIST = BASE_DEPTHS
@@ -49,6 +58,13 @@ class ResNets(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.classifier(x.mean((2, 3)))
+
+    @property
+    def module_str(self) -> str:
+        """The official summary: one line per layer, the pooling layers as the official net prints them."""
+        lines = [layer.module_str for layer in self.input_stem] + ["max_pooling(ks=3, stride=2)"]
+        lines += [block.module_str for block in self.blocks]
+        return "\n".join([*lines, "MyGlobalAvgPool2d(keep_dim=False)", self.classifier.module_str])
 
     @property
     def config(self) -> dict[str, Any]:
@@ -184,7 +200,11 @@ class OFAResNets(Supernet):
         )
 
     def set_active_subnet(self, d: Any = None, e: Any = None, w: Any = None, **kwargs: Any) -> None:
-        """Scalars apply everywhere; lists give 5 depths, 18 expand ratios and 6 width indices."""
+        """Scalars apply everywhere; lists give 5 depths, 18 expand ratios and 6 width indices.
+
+        Any other keyword is an ArchError (the official method ignores them).
+        """
+        check_subnet_keywords(self, kwargs, ("d", "e", "w"))
         n_stages = len(BASE_DEPTHS)
         depths = to_list(d, n_stages + 1, "d")
         ratios = to_list(e, len(self.blocks), "e")
@@ -291,6 +311,31 @@ class OFAResNets(Supernet):
             "input_stem": stem,
             "blocks": blocks,
             "classifier": self.classifier.get_active_subnet_config(channels),
+        }
+
+    @property
+    def module_str(self) -> str:
+        """The official summary of the active subnet: one line per active layer."""
+        stem = [layer for i, layer in enumerate(self.input_stem) if not (i == 1 and self.input_stem_skipping)]
+        lines = [layer_module_str(layer) for layer in stem] + ["max_pooling(ks=3, stride=2)"]
+        lines += [layer_module_str(self.blocks[index]) for index in self.active_blocks()]
+        lines.append("MyGlobalAvgPool2d(keep_dim=False)")
+        return "".join(line + "\n" for line in lines) + layer_module_str(self.classifier)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The official config of the whole supernet (every layer at its elastic ranges), JSON-serialisable."""
+        stem = [layer_config(layer) for layer in self.input_stem]
+        # The official stem shortcut is built from the list of stem widths, so its config holds
+        # that list where a static IdentityLayer holds one number.
+        widths = list(self.input_stem[0].out_channel_list)
+        stem[1]["shortcut"] = {**stem[1]["shortcut"], "in_channels": widths, "out_channels": widths}
+        return {
+            "name": type(self).__name__,
+            "bn": self.get_bn_param(),
+            "input_stem": stem,
+            "blocks": [layer_config(block) for block in self.blocks],
+            "classifier": layer_config(self.classifier),
         }
 
     def re_organize_middle_weights(self, expand_ratio_stage: int = 0) -> None:
