@@ -176,8 +176,21 @@ class AccuracyPredictor(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str | Path, space: SearchSpace | None = None) -> AccuracyPredictor:
-        """Read a saved predictor; with `space`, refuse one trained on another space or encoding."""
+    def load(
+        cls,
+        path: str | Path,
+        space: SearchSpace | None = None,
+        *,
+        trained_resolutions: Sequence[int] | None = None,
+    ) -> AccuracyPredictor:
+        """Read a predictor file: ours, or an official one (`specialize.official`, which needs `space`).
+
+        With `space`, refuse one trained on another space or encoding; one trained on more
+        resolutions (or choices) than the space's is restricted to the space's. Official nas/ files
+        do not record their resolutions: `trained_resolutions` names them when the space has fewer.
+        """
+        from onceforall.specialize.official import load_official_predictor, restrict_predictor
+
         path = Path(path)
         if not path.is_file():
             raise PredictorError(f"predictor file {path} does not exist; fit one with `ofa predictor fit`")
@@ -186,14 +199,22 @@ class AccuracyPredictor(nn.Module):
         except Exception as err:
             raise PredictorError(f"{path} is not a readable predictor file: {err}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PredictorError(f"{path} is not an onceforall predictor (format {FORMAT!r})")
+            return load_official_predictor(data, space, str(path), trained_resolutions)
         if data.get("version") != VERSION:
             raise PredictorError(f"{path}: predictor file version {data.get('version')} is not {VERSION}")
         net = cls(data["n_features"], data["hidden_size"], data["n_layers"], data["space"], data["encoding"])
         net.load_state_dict(data["state_dict"])
         net.metrics = data.get("metrics")
         if space is not None:
-            net.check(space)
+            try:
+                net.check(space)
+            except PredictorError as mismatch:
+                if net.space != space.name:
+                    raise
+                try:  # a predictor over more resolutions than the space's serves it restricted
+                    net = restrict_predictor(net, space)
+                except PredictorError as err:
+                    raise PredictorError(f"{path}: {mismatch}; it cannot serve the space: {err}") from None
         return net.eval()
 
 
