@@ -37,6 +37,7 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import LayerTable, distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
+from onceforall.specialize.plots import plot_validation
 
 FORMAT = "onceforall.latency_table"
 VERSION = 1
@@ -765,36 +766,10 @@ def validate_latency_table(
 
 
 def _title(table: LatencyTable) -> str:
+    """The validation plot's title: the space, then the measurement settings (wrapped to fit by the plot)."""
     m = table.meta
+    nbsp = "\N{NO-BREAK SPACE}"  # a wrapped title keeps "1 thread(s)" and "batch 1" on one line
     return (
-        f"{m.get('space')}: {m.get('backend')} on {m.get('device_name')}, "
-        f"{m.get('threads')} thread(s), batch {m.get('batch_size')}"
+        f"{m.get('space')}\n{m.get('backend')} on {m.get('device_name')}, "
+        f"{m.get('threads')}{nbsp}thread(s), batch{nbsp}{m.get('batch_size')}"
     )
-
-
-def plot_validation(report: ValidationReport, path: str | Path, title: str = "") -> Path:
-    """Scatter of measured vs predicted latency with the +-10 % band, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    lo = min(report.measured_ms + report.predicted_ms) * 0.9
-    hi = max(report.measured_ms + report.predicted_ms) * 1.1
-    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="measured = predicted")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.85", label="±10 %")
-    ax.scatter(report.predicted_ms, report.measured_ms, s=12)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="predicted (ms)", ylabel="measured (ms)")
-    ax.set_title(
-        f"{title}\n{report.n} subnets: {100 * report.within_10:.0f} % within ±10 %, "
-        f"MAPE {report.mape:.1f} %, Spearman {report.spearman:.3f}",
-        fontsize=8,
-    )
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -8,7 +8,6 @@ chosen subnets' end-to-end latency, measured on the backend in rounds interleave
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ import torch.nn as nn
 from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import LayerTable, count_macs, count_params
 from onceforall.export import export_subnet
-from onceforall.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from onceforall.io import write_json_atomic, write_text_atomic
 from onceforall.specialize.latency import LatencyTable, measure_rounds, summarize, table_measurer
+from onceforall.specialize.plots import plot_pareto
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search
 from onceforall.train.evaluate import SubnetEvaluator, accuracy
@@ -104,41 +104,25 @@ def specialize(
     for result, timings in zip(results, measure_rounds(timed, measure, rounds)):
         result.measured_ms = summarize(timings, table.statistic)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
-    plot_pareto(results, space, predict, latency, out / "pareto.png", seed)
-    write_text_atomic(report(results, table, space.name), out / "report.md")
+    pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=space.name)
+    write_text_atomic(report(results, table, space.name, clamped=pareto.clamped), out / "report.md")
     return results
 
 
-def plot_pareto(results: list[Specialized], space, predict, latency, path: Path, seed: int) -> None:
-    """Predicted accuracy vs predicted latency of random subnets, with the chosen ones marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    population = space.sample(2000, torch.Generator().manual_seed(seed))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(
-        latency(population), 100 * predict(population), s=3, alpha=0.3, label="random subnets (predicted)"
-    )
-    final_top1 = [r.top1 if r.finetuned_top1 is None else r.finetuned_top1 for r in results]
-    ax.scatter([r.measured_ms for r in results], final_top1, c="red", label="chosen (measured)")
-    for r in results:
-        ax.axvline(r.budget_ms, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes_atomic(image.getvalue(), path)
+EXTRAPOLATED = "†"  # marks a predicted top-1 above 100 % (or below 0 %) in report.md
 
 
-def report(results: list[Specialized], table: LatencyTable, space: str) -> str:
+def report(results: list[Specialized], table: LatencyTable, space: str, *, clamped: int = 0) -> str:
+    """report.md: the per-budget table, the Pareto plot, and footnotes for impossible predictions.
+
+    A predicted top-1 outside 0–100 % is the predictor extrapolating beyond its training data: its
+    cell is marked and explained rather than presented as an accuracy. `clamped` is how many such
+    predictions pareto.png drew at the bound (`plot_pareto(...).clamped`).
+    """
     m = table.meta
     tuned = any(r.finetuned_top1 is not None for r in results)
-    columns = ["budget (ms)", "predicted (ms)", "measured (ms)", "predicted top-1", "top-1"]
+    extrapolated = any(not 0 <= r.predicted_top1 <= 100 for r in results)
+    columns = ["budget (ms)", "predicted (ms)", "measured (ms)", "predicted held-out top-1", "test top-1"]
     columns += ["fine-tuned top-1"] * tuned + ["MACs (M)", "params (M)", "R"]
     lines = [
         f"# Specialized subnets of `{space}`",
@@ -149,10 +133,27 @@ def report(results: list[Specialized], table: LatencyTable, space: str) -> str:
         "|" + "---|" * len(columns),
     ]
     for r in results:
+        mark = EXTRAPOLATED * (not 0 <= r.predicted_top1 <= 100)
         cells = [f"{r.budget_ms:g}", f"{r.predicted_ms:.2f}", f"{r.measured_ms:.2f}"]
-        cells += [f"{r.predicted_top1:.2f}", f"{r.top1:.2f}"]
+        cells += [f"{r.predicted_top1:.2f}{mark}", f"{r.top1:.2f}"]
         cells += [f"{r.finetuned_top1:.2f}" if r.finetuned_top1 is not None else "-"] * tuned
         cells += [f"{r.macs / 1e6:.1f}", f"{r.params / 1e6:.2f}", str(r.arch["image_size"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![predicted accuracy vs latency](pareto.png)", ""]
+    if extrapolated:
+        lines += [
+            "",
+            f"{EXTRAPOLATED} predicted > 100 % or < 0 %: extrapolation of the predictor, not an accuracy.",
+        ]
+    lines += [
+        "",
+        "![random subnets' predicted top-1 and the chosen subnets' predicted and measured top-1 "
+        "against latency](pareto.png)",
+        "",
+    ]
+    if clamped:
+        lines += [
+            f"In pareto.png, {clamped} predicted top-1 outside 0–100 % (predicted > 100 %: extrapolation) "
+            "are drawn at the bound, as triangles.",
+            "",
+        ]
     return "\n".join(lines)
