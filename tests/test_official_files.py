@@ -180,6 +180,12 @@ def test_nas_predictor_of_another_network_is_refused(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "resnet.pth")
     with pytest.raises(PredictorError, match=r"82 inputs.*needs 120 besides.*OFA-ResNet50"):
         AccuracyPredictor.load(tmp_path / "resnet.pth", ours("mbv3", ELASTIC, 1.0))
+    mbv3 = official_predictor(official_encoder("mbv3", ELASTIC), seed=7)
+    torch.save(mbv3.state_dict(), tmp_path / "mbv3.pth")
+    with pytest.raises(
+        PredictorError, match=r"145 inputs = 74 .*fits OFA-MobileNetV3 .* with 25 resolutions"
+    ):
+        AccuracyPredictor.load(tmp_path / "mbv3.pth", ours("resnet", RESNET_SIZES))
     with pytest.raises(PredictorError, match="records no search space"):
         AccuracyPredictor.load(tmp_path / "resnet.pth")
     torch.save({"weight": torch.zeros(3), "bias": torch.zeros(3)}, tmp_path / "other.pth")
@@ -397,3 +403,21 @@ def test_latency_table_forms_and_errors(tmp_path):
         read_lookup_table(tmp_path / "bad.yaml")
     with pytest.raises(LatencyTableError, match="does not exist"):
         official_latency_model(space, tmp_path / "nowhere.yaml")
+
+
+def test_official_files_drive_a_search(tmp_path):
+    """The tutorial's set-up: its predictor and a device's lookup tables, searched by our evolution."""
+    from onceforall.specialize.search import evolution_search
+
+    space, net = ours("mbv3", TUTORIAL_SIZES, 1.2), reference_net("mbv3", 1.2)
+    write_tables(tmp_path / "note10", "mbv3", 1.2, space, net)
+    torch.save(tutorial_predictor(seed=15).model.state_dict(), tmp_path / "acc_predictor.pth")
+    latency = official_latency_model(space, tmp_path / "note10")
+    accuracy = AccuracyPredictor.load(tmp_path / "acc_predictor.pth", space).bind(space)
+    smallest, largest = latency(space.min_arch(160)).item(), latency(space.max_arch(224)).item()
+    budget = smallest + 0.3 * (largest - smallest)
+    result = evolution_search(space, accuracy, latency, budget, population_size=20, generations=5, seed=0)
+    best = result.best_arch
+    table = official_table("mbv3", read_raw(tmp_path / "note10" / f"{best.image_size}_lookup_table.yaml"))
+    assert official_latency(table, net, best) <= budget
+    assert abs(official_latency(table, net, best) - latency(best).item()) < 1e-9

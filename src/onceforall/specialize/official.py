@@ -62,9 +62,9 @@ OFFICIAL_RESOLUTIONS = {
 # Inputs besides the resolution one-hot of the official encoders with the released lists, to name
 # the network a file that fits nothing probably belongs to.
 OFFICIAL_WIDTHS = {
-    "OFA-MobileNetV3 (MobileNetArchEncoder, 20 blocks)": 120,
-    "OFA-ProxylessNAS (MobileNetArchEncoder 'mbv2', 21 blocks)": 126,
-    "OFA-ResNet50 (ResNetArchEncoder)": 74,
+    "ofa_mbv3": ("OFA-MobileNetV3 (MobileNetArchEncoder, 20 blocks)", 120),
+    "ofa_proxyless": ("OFA-ProxylessNAS (MobileNetArchEncoder 'mbv2', 21 blocks)", 126),
+    "ofa_resnet50": ("OFA-ResNet50 (ResNetArchEncoder)", 74),
 }
 
 
@@ -226,11 +226,10 @@ def _trained_resolutions(
     """Which sizes a nas/ file's resolution one-hot stands for (the file itself does not say)."""
     own = tuple(space.resolutions)
     if n_resolutions < 1:
-        guesses = [name for name, width in OFFICIAL_WIDTHS.items() if n_features > width]
         raise PredictorError(
             f"{source} has {n_features} inputs, but space {space.name!r} needs {others} besides the "
             f"resolution one-hot ({len(own)} sizes here): it is a predictor of another network or "
-            f"choice lists{(' (it would fit ' + ' or '.join(guesses) + ')') if guesses else ''}"
+            f"choice lists{_other_networks(n_features, space)}"
         )
     if given is not None:
         given = tuple(int(r) for r in given)
@@ -248,15 +247,27 @@ def _trained_resolutions(
             warnings.warn(
                 f"{source}: reading its {n_resolutions} resolution inputs as the official sizes "
                 f"{list(candidate)}; pass trained_resolutions=[...] if it was trained on others",
-                stacklevel=4,
+                stacklevel=5,  # the caller of AccuracyPredictor.load
             )
             return candidate
     raise PredictorError(
         f"{source} has {n_features} inputs = {others} (blocks of space {space.name!r}) + "
         f"{n_resolutions} resolutions, but the space has {len(own)} ({list(own)}): pass "
-        f"trained_resolutions=[...] (the {n_resolutions} sizes, ascending, it was trained on) to use "
-        "it for a subset of them, or build the space with those resolutions"
+        f"trained_resolutions=[...] (the {n_resolutions} sizes it was trained on, in its encoder's "
+        "image_size_list order) to use it for a subset of them, or build the space with those "
+        f"resolutions{_other_networks(n_features, space)}"
     )
+
+
+def _other_networks(n_features: int, space: SearchSpace) -> str:
+    """A hint naming the official networks whose encoders `n_features` fits with a usual list of sizes."""
+    usual = {len(sizes) for lists in OFFICIAL_RESOLUTIONS.values() for sizes in lists}
+    fits = [
+        f"{label} with {n_features - width} resolutions"
+        for family, (label, width) in OFFICIAL_WIDTHS.items()
+        if not space.name.startswith(family) and n_features - width in usual
+    ]
+    return f" (its input count fits {' or '.join(fits)})" if fits else ""
 
 
 def _from_tutorial(state: Mapping[str, torch.Tensor], space: SearchSpace, source: str) -> AccuracyPredictor:

@@ -186,8 +186,9 @@ class AccuracyPredictor(nn.Module):
         """Read a predictor file: ours, or an official one (`specialize.official`, which needs `space`).
 
         With `space`, refuse one trained on another space or encoding; one trained on more
-        resolutions (or choices) than the space's is restricted to the space's. Official nas/ files
-        do not record their resolutions: `trained_resolutions` names them when the space has fewer.
+        resolutions than the space's is restricted to the space's (same predictions). Official nas/
+        files do not record their resolutions: `trained_resolutions` names them when the space has
+        fewer (docs/zoo.md).
         """
         from onceforall.specialize.official import load_official_predictor, restrict_predictor
 
