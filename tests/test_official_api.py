@@ -163,12 +163,19 @@ def test_constrained_sampling_matches_official(kind):
 def test_set_constraint_rejects_what_it_cannot_honour(mbv3):
     with pytest.raises(ArchError, match=r"constraint_type = 'ks' is not known; choices are \('kernel_size'"):
         mbv3.set_constraint([3], "ks")
-    with pytest.raises(ArchError, match=r"allows \[9\], which are not choices .* choices are \(3, 5, 7\)"):
+    with pytest.raises(
+        ArchError,
+        match=r"allows \[9\], which are not choices of this supernet at block 0; choices are \(3, 5, 7\)",
+    ):
         mbv3.set_constraint([3, 9], "kernel_size")
     with pytest.raises(ArchError, match=r"has 2 lists; expected one per stage \(5\)"):
         mbv3.set_constraint([[2], [3]], "depth")
     with pytest.raises(ArchError, match="non-empty list"):
         mbv3.set_constraint([], "expand_ratio")
+    with pytest.raises(ArchError, match="mixes lists and values"):
+        mbv3.set_constraint([[3, 4], 6] + [[6]] * 18, "expand_ratio")
+    with pytest.raises(ArchError, match="allows nothing at stage 2"):
+        mbv3.set_constraint([[2], [3], [], [4], [2]], "depth")
     # nothing was recorded by the failed calls
     random.seed(0)
     assert set(mbv3.sample_active_subnet()["ks"]) == {3, 5, 7}

@@ -158,23 +158,29 @@ class MBConvSupernet(Supernet):
                 f"include_list for {constraint_type} must be a non-empty list of values (or of lists, one "
                 f"per {'stage' if name == 'd' else 'block'}), got {include_list!r}"
             )
+        unit = "stage" if name == "d" else "block"
         n = len(self.block_group_info) if name == "d" else len(self.blocks) - 1
         # As the official method: a list whose first entry is a list gives one value set per position.
         per_position = isinstance(include_list[0], (list, tuple))
+        if per_position and not all(isinstance(v, (list, tuple)) for v in include_list):
+            raise ArchError(
+                f"include_list for {constraint_type} mixes lists and values: give one list of values, "
+                f"or one list per {unit}"
+            )
         sets = [list(v) for v in include_list] if per_position else [list(include_list)] * n
         if len(sets) != n:
             raise ArchError(
-                f"include_list for {constraint_type} has {len(sets)} lists; expected one per "
-                f"{'stage' if name == 'd' else 'block'} ({n})"
+                f"include_list for {constraint_type} has {len(sets)} lists; expected one per {unit} ({n})"
             )
         for position, values in enumerate(sets):
-            choices = self._choices(name, position)
+            choices = tuple(self._choices(name, position))
             bad = [v for v in values if v not in choices]
-            if not values or bad:
+            if not values:
+                raise ArchError(f"include_list for {constraint_type} allows nothing at {unit} {position}")
+            if bad:
                 raise ArchError(
-                    f"include_list for {constraint_type} allows {values if not values else bad}, which "
-                    f"{'is empty' if not values else 'are not choices of this supernet'}; "
-                    f"choices are {tuple(choices)}"
+                    f"include_list for {constraint_type} allows {bad}, which are not choices of this "
+                    f"supernet at {unit} {position}; choices are {choices}"
                 )
         self._include = {**(self._include or {}), name: sets}
 
