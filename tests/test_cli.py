@@ -7,10 +7,11 @@ import pytest
 from test_train import needs_data, save_tiny_supernet
 from typer.testing import CliRunner
 
-from onceforall.cli import app, spread_budgets
-from onceforall.specialize.commands import make_supernet
+from onceforall.cli import app
+from onceforall.registry import load_supernet
 from onceforall.specialize.latency import LatencyTable, build_latency_table
 from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.workflow.specialize import spread_budgets
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     """A tiny supernet file, a predictor for its space and a quickly measured latency table."""
     folder = tmp_path_factory.mktemp("tiny")
     save_tiny_supernet(folder / "supernet.pt")
-    space = make_supernet(str(folder / "supernet.pt")).search_space()
+    space = load_supernet(folder / "supernet.pt").net.search_space()
     AccuracyPredictor.for_space(space).save(folder / "predictor.pt")
     build_latency_table(space, folder / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2)
     return {
@@ -45,7 +46,7 @@ def test_specialize_spreads_three_budgets_by_default(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     budgets = [r["budget_ms"] for r in results]
-    space = make_supernet(str(tiny["supernet"])).search_space()
+    space = load_supernet(tiny["supernet"]).net.search_space()
     assert budgets == spread_budgets(LatencyTable.load(tiny["table"]).model(space), space)
     assert all(r["predicted_ms"] <= r["budget_ms"] for r in results)
     assert sorted(p.name for p in tmp_path.glob("budget_*")) == sorted(f"budget_{b:g}ms" for b in budgets)

@@ -8,12 +8,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from onceforall.cli import app
 from onceforall.errors import OFAError
-from onceforall.specialize.commands import app, make_supernet, parse_quantity
+from onceforall.registry import load_supernet
 from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, unique_samples
+from onceforall.workflow.specialize import parse_quantity
 
-SMALL = ["--space", "mbv3_small", "--resolutions", "24"]
+SMALL = ["--supernet", "ofa_mbv3_small", "--resolutions", "24"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +36,7 @@ def last_json(result) -> dict:
 
 @pytest.fixture(scope="module")
 def space():
-    return make_supernet("mbv3_small", "24").search_space()
+    return load_supernet("ofa_mbv3_small", resolutions=[24]).net.search_space()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,15 @@ def test_quantities_with_units(text, kind, value):
 
 
 @pytest.mark.parametrize(
-    "text, kind", [("4 parsecs", "time"), ("fast", "time"), ("300X", "count"), ("", "count")]
+    "text, kind",
+    [
+        ("4 parsecs", "time"),
+        ("fast", "time"),
+        ("300X", "count"),
+        ("", "count"),
+        ("1e999ms", "time"),
+        ("0", "count"),
+    ],
 )
 def test_bad_quantities(text, kind):
     with pytest.raises(OFAError, match=r"write e\.g\."):
@@ -84,7 +94,9 @@ def test_search_with_macs_budget_prints_json_last(predictor_file, space):
 def test_search_errors_are_clear(predictor_file, tmp_path):
     result = invoke("search", *SMALL, "--predictor", predictor_file, "--max-macs", "1k")
     assert result.exit_code == 2 and "smallest achievable" in result.output
-    result = invoke("search", "--space", "mbv3_small", "--predictor", predictor_file, "--max-macs", "5M")
+    result = invoke(
+        "search", "--supernet", "ofa_mbv3_small", "--predictor", predictor_file, "--max-macs", "5M"
+    )
     assert result.exit_code == 2 and "encoding" in result.output  # the predictor knows resolution 24 only
     result = invoke("search", *SMALL, "--predictor", predictor_file, "--max-latency", "3ms")
     assert result.exit_code == 2 and "needs --table" in result.output
@@ -113,9 +125,11 @@ def test_latency_build_validate_and_search(predictor_file, tmp_path):
 
 
 def test_predictor_fit_from_a_dataset(space, tmp_path):
+    """Accuracy that grows with the subnet's depth: the fitted predictor must rank held-out subnets by it."""
     dataset = AccuracyDataset(tmp_path / "acc.jsonl")
-    population = unique_samples(space, 60, seed=0)
-    for arch, acc in zip(space.decode(population), torch.linspace(0.6, 0.9, 60).tolist()):
+    population = unique_samples(space, 200, seed=0)
+    depth = population[:, space.field_genes("d")].float().mean(1)  # 0 (all depth 2) .. 2 (all depth 4)
+    for arch, acc in zip(space.decode(population), (0.6 + 0.15 * depth).tolist()):
         dataset.append(arch, acc)
     result = invoke(
         "predictor",
@@ -126,13 +140,16 @@ def test_predictor_fit_from_a_dataset(space, tmp_path):
         "--out",
         tmp_path / "p.pt",
         "--epochs",
-        "3",
+        "60",
         "--json",
     )
     assert result.exit_code == 0, result.output
     metrics = last_json(result)
-    assert (metrics["n_train"], metrics["n_test"]) == (48, 12) and metrics["rmse"] >= 0
-    assert AccuracyPredictor.load(tmp_path / "p.pt", space).metrics["n_test"] == 12
+    assert (metrics["n_train"], metrics["n_test"]) == (160, 40)
+    spread = float((0.15 * depth).std())
+    # A constant predictor would score tau ~0 and RMSE ~spread.
+    assert metrics["kendall_tau"] > 0.5 and metrics["rmse"] < 0.75 * spread, metrics
+    assert AccuracyPredictor.load(tmp_path / "p.pt", space).metrics["n_test"] == 40
 
 
 def test_pareto_and_export(predictor_file, tmp_path):
@@ -156,12 +173,11 @@ def test_pareto_and_export(predictor_file, tmp_path):
     assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "arch.json").is_file()
 
 
-def test_space_can_be_a_trained_supernet_file(tmp_path):
+def test_supernet_can_be_a_trained_supernet_file(tmp_path):
     from test_train import save_tiny_supernet
 
     save_tiny_supernet(tmp_path / "supernet.pt")
-    assert make_supernet(str(tmp_path / "supernet.pt")).search_space().resolutions == (16, 20)
-    with pytest.raises(OFAError, match="cannot change the space"):
-        make_supernet(str(tmp_path / "supernet.pt"), "24")
-    with pytest.raises(OFAError, match="ofa_mbv3_fashion_mnist"):
-        make_supernet(str(tmp_path / "missing.pt"))
+    assert load_supernet(tmp_path / "supernet.pt").net.search_space().resolutions == (16, 20)
+    assert load_supernet(tmp_path / "supernet.pt", resolutions=[20]).net.search_space().resolutions == (20,)
+    with pytest.raises(OFAError, match=r"Registered ids: .*ofa_mbv3_fashion_mnist"):
+        load_supernet(str(tmp_path / "missing.pt"))

@@ -16,6 +16,7 @@ import torch.nn as nn
 from random_init import input_matters, randomize_signal
 
 from onceforall import CheckpointError, ConfigError, OFAError, zoo
+from onceforall.checkpoints import state_dict_of
 from onceforall.specialize import count_macs
 
 import ofa_reference
@@ -252,7 +253,10 @@ def test_ofa_net_without_checkpoint_is_a_random_supernet():
 
 # ---------------------------------------------------------------------------------------------- errors
 def test_unknown_net_id_lists_the_known_ones():
-    with pytest.raises(OFAError, match=r"unknown net id 'ofa_mbv3'; known ids: \['ofa_mbv3_d234"):
+    with pytest.raises(
+        OFAError,
+        match=r"unknown supernet id 'ofa_mbv3'; did you mean 'ofa_mbv3_small'\? Registered ids: ofa_mbv3_d234",
+    ):
         zoo.ofa_net("ofa_mbv3")
 
 
@@ -294,11 +298,11 @@ def test_unreadable_checkpoints(tmp_path):
         zoo.ofa_net(MBV3, tmp_path / "missing")
     torch.save({"state_dict": {"a": object()}}, tmp_path / "pickled")
     with pytest.raises(CheckpointError, match="weights_only=True"):
-        zoo.read_checkpoint(tmp_path / "pickled")
+        state_dict_of(tmp_path / "pickled")
     with pytest.raises(CheckpointError, match="must be a dict"):
-        zoo.read_checkpoint([1, 2])
+        state_dict_of([1, 2])
     with pytest.raises(CheckpointError, match="holds no tensors"):
-        zoo.read_checkpoint({"epoch": 3})
+        state_dict_of({"epoch": 3})
 
 
 def test_bad_net_configs(tmp_path):

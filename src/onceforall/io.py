@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,27 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     return write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+
+
+@contextmanager
+def replaced_folder(path: str | Path):
+    """Build a folder's new contents beside it, then swap them in only if the block succeeds.
+
+    Yields a fresh temporary folder next to `path`. On success the old folder (if any) is moved
+    aside, the new one renamed to `path`, and the old one removed; on any error the temporary
+    folder is removed and `path` is left exactly as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

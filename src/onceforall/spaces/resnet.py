@@ -110,6 +110,8 @@ class OFAResNets(Supernet):
         width_mult_list: float | Sequence[float] = 1.0,
         *,
         in_channels: int = 3,
+        first_stride: int = 2,
+        stage_strides: Sequence[int] = STAGE_STRIDES,
         resolutions: Sequence[int] = RESNET_RESOLUTIONS,
     ):
         super().__init__()
@@ -117,7 +119,13 @@ class OFAResNets(Supernet):
         self.expand_ratio_list = sorted(to_list(expand_ratio_list))
         self.width_mult_list = sorted(to_list(width_mult_list))
         _check_args(n_classes, in_channels, self.depth_list, self.expand_ratio_list, self.width_mult_list)
+        if first_stride not in (1, 2) or len(stage_strides) != len(BASE_DEPTHS):
+            raise OFAError(
+                f"first_stride must be 1 or 2 and stage_strides needs {len(BASE_DEPTHS)} entries, got "
+                f"{first_stride!r} and {list(stage_strides)}"
+            )
         self.n_classes, self.dropout_rate, self.in_channels = n_classes, dropout_rate, in_channels
+        self.first_stride, self.stage_strides = first_stride, tuple(stage_strides)
         self.resolutions = tuple(sorted(resolutions))
 
         stem_out = [make_divisible(64 * w) for w in self.width_mult_list]
@@ -125,7 +133,7 @@ class OFAResNets(Supernet):
         self.stage_widths = tuple([make_divisible(c * w) for w in self.width_mult_list] for c in STAGE_WIDTHS)
         self.input_stem = nn.ModuleList(
             [
-                DynamicConvLayer([in_channels], stem_mid, 3, 2, act_func="relu"),
+                DynamicConvLayer([in_channels], stem_mid, 3, first_stride, act_func="relu"),
                 ResidualBlock(
                     DynamicConvLayer(stem_mid, stem_mid, 3, 1, act_func="relu"),
                     IdentityLayer(max(stem_mid), max(stem_mid)),
@@ -137,7 +145,7 @@ class OFAResNets(Supernet):
         blocks: list[nn.Module] = []
         self.block_group_info: list[list[int]] = []
         feature_dims, max_depth = stem_out, self.depth_list[-1]
-        for base, widths, stride in zip(BASE_DEPTHS, self.stage_widths, STAGE_STRIDES):
+        for base, widths, stride in zip(BASE_DEPTHS, self.stage_widths, self.stage_strides):
             self.block_group_info.append(list(range(len(blocks), len(blocks) + base + max_depth)))
             for i in range(base + max_depth):
                 blocks.append(
@@ -160,6 +168,8 @@ class OFAResNets(Supernet):
             "expand_ratio_list": self.expand_ratio_list,
             "width_mult_list": self.width_mult_list,
             "in_channels": in_channels,
+            "first_stride": first_stride,
+            "stage_strides": list(self.stage_strides),
             "resolutions": list(self.resolutions),
         }
 
@@ -176,7 +186,7 @@ class OFAResNets(Supernet):
 
     @property
     def total_stride(self) -> int:
-        return 4 * 2 ** sum(s == 2 for s in STAGE_STRIDES)
+        return self.first_stride * 2 * 2 ** sum(s == 2 for s in self.stage_strides)  # stem, max pool, stages
 
     @property
     def ks_list(self) -> list[int]:
@@ -374,6 +384,8 @@ def space_name(net: OFAResNets) -> str:
         name += f"_d{d}_e{e}_w{w}"
     if net.in_channels != 3:
         name += f"_in{net.in_channels}"
+    if (net.first_stride, net.stage_strides) != (2, STAGE_STRIDES):
+        name += f"_s{net.first_stride}{''.join(map(str, net.stage_strides))}"
     return name
 
 
@@ -410,27 +422,27 @@ def resnet_space(net: OFAResNets, resolutions: Sequence[int]) -> SearchSpace:
 def _sites(net: OFAResNets, w_gene: int, e_gene: int, stem_slot: int) -> tuple[Site, ...]:
     """Every layer a subnet can run, as a function of the genes it depends on."""
     mid, out = net.input_stem[0].out_channel_list, net.input_stem[2].out_channel_list
-    cin, n_classes = net.in_channels, net.n_classes
+    cin, n_classes, s0 = net.in_channels, net.n_classes, net.first_stride
 
     def size_at(r: int, stage: int) -> int:
-        size = out_size(out_size(r, 2), 2)  # stem stride 2, max pool stride 2
-        for s in STAGE_STRIDES[:stage]:
+        size = out_size(out_size(r, s0), 2)  # stem, then the max pool's stride 2
+        for s in net.stage_strides[:stage]:
             size = out_size(size, s)
         return size
 
     sites = [
-        Site((0, w_gene), None, lambda r, a: LayerSpec("conv", r, cin, mid[a], 3, 2, act="relu")),
+        Site((0, w_gene), None, lambda r, a: LayerSpec("conv", r, cin, mid[a], 3, s0, act="relu")),
         Site(
             (0, w_gene),
             stem_slot,
-            lambda r, a: LayerSpec("conv", out_size(r, 2), mid[a], mid[a], 3, 1, act="relu", shortcut=True),
+            lambda r, a: LayerSpec("conv", out_size(r, s0), mid[a], mid[a], 3, 1, act="relu", shortcut=True),
         ),
         Site(
             (0, w_gene, w_gene + 1),
             None,
-            lambda r, a, b: LayerSpec("conv", out_size(r, 2), mid[a], out[b], 3, 1, act="relu"),
+            lambda r, a, b: LayerSpec("conv", out_size(r, s0), mid[a], out[b], 3, 1, act="relu"),
         ),
-        Site((0, w_gene + 1), None, lambda r, b: LayerSpec("maxpool", out_size(r, 2), out[b], out[b], 3, 2)),
+        Site((0, w_gene + 1), None, lambda r, b: LayerSpec("maxpool", out_size(r, s0), out[b], out[b], 3, 2)),
     ]
     for stage, group in enumerate(net.block_group_info):
         for pos, index in enumerate(group):

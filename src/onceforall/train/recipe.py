@@ -17,20 +17,76 @@ import yaml
 
 from onceforall.errors import ConfigError
 
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mbv3": {
+        "width_mult": 1.0,
+        "ks_list": [3, 5, 7],
+        "expand_ratio_list": [3, 4, 6],
+        "depth_list": [2, 3, 4],
+    },
+    "proxyless": {
+        "width_mult": 1.0,
+        "ks_list": [3, 5, 7],
+        "expand_ratio_list": [3, 4, 6],
+        "depth_list": [2, 3, 4],
+    },
+    "resnet50": {
+        "depth_list": [0, 1, 2],
+        "expand_ratio_list": [0.2, 0.25, 0.35],
+        "width_mult_list": [0.65, 0.8, 1.0],
+    },
+}
+FAMILY_BN_EPS = {"mbv3": 1e-5, "proxyless": 1e-3, "resnet50": 1e-5}
+FAMILY_STRIDES = {"mbv3": [2, 2, 2, 1, 2], "proxyless": [2, 2, 2, 1, 2, 1], "resnet50": [1, 2, 2, 2]}
+# The elastic dimension each phase key shrinks, and the net list that bounds it.
+PHASE_KEYS = {
+    "ks": "ks_list",
+    "expand": "expand_ratio_list",
+    "depth": "depth_list",
+    "width": "width_mult_list",
+}
+
 
 @dataclass(frozen=True)
 class NetConfig:
-    """Arguments of OFAMobileNetV3 (in_channels and n_classes come from the data)."""
+    """The supernet: its family and constructor arguments (in_channels and n_classes come from the data).
 
-    width_mult: float = 1.0
-    ks_list: list[int] = field(default_factory=lambda: [3, 5, 7])
-    expand_ratio_list: list[float] = field(default_factory=lambda: [3, 4, 6])
-    depth_list: list[int] = field(default_factory=lambda: [2, 3, 4])
+    Lists left out take the family's official values; `width_mult` and `ks_list` belong to the
+    MBConv families (mbv3, proxyless), `width_mult_list` to resnet50.
+    """
+
+    family: str = "mbv3"
+    width_mult: float | None = None
+    ks_list: list[int] | None = None
+    expand_ratio_list: list[float] | None = None
+    depth_list: list[int] | None = None
+    width_mult_list: list[float] | None = None
     first_stride: int = 2
-    stage_strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1, 2])
+    stage_strides: list[int] | None = None
     dropout_rate: float = 0.1
     bn_momentum: float = 0.1
-    bn_eps: float = 1e-5
+    bn_eps: float | None = None
+
+    def lists(self) -> dict[str, Any]:
+        """The family's elastic lists with this recipe's values filled in."""
+        defaults = FAMILY_DEFAULTS[self.family]
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
+
+    def build_args(self, n_classes: int, in_channels: int, resolutions: list[int]) -> dict[str, Any]:
+        """Constructor arguments of the family's supernet class."""
+        return {
+            "n_classes": n_classes,
+            "bn_param": (
+                self.bn_momentum,
+                FAMILY_BN_EPS[self.family] if self.bn_eps is None else self.bn_eps,
+            ),
+            "dropout_rate": self.dropout_rate,
+            **self.lists(),
+            "in_channels": in_channels,
+            "first_stride": self.first_stride,
+            "stage_strides": self.stage_strides or FAMILY_STRIDES[self.family],
+            "resolutions": resolutions,
+        }
 
 
 @dataclass(frozen=True)
@@ -62,6 +118,7 @@ class Phase:
     ks: list[int] | None = None
     expand: list[float] | None = None
     depth: list[int] | None = None
+    width: list[float] | None = None
     sort_channels: int | None = None
     sandwich: bool = False
     train_largest: bool = False
@@ -142,6 +199,7 @@ def _build(cls: type, data: Any, key: str) -> Any:
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     recipe = _build(Recipe, data, "")
+    _check_net(recipe.net)
     if not recipe.phases:
         raise ConfigError("phases is empty; a recipe needs at least one phase")
     for i, phase in enumerate(recipe.phases):
@@ -159,17 +217,34 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
                 f"phases[{i}] ({phase.name}): train_largest trains the largest subnet plus sampled ones "
                 "each step, so subnets_per_step must be at least 2"
             )
-        for name, allowed in (
-            ("ks", recipe.net.ks_list),
-            ("expand", recipe.net.expand_ratio_list),
-            ("depth", recipe.net.depth_list),
-        ):
+        lists = recipe.net.lists()
+        for name, net_key in PHASE_KEYS.items():
             chosen = getattr(phase, name)
-            if chosen is not None and not set(chosen) <= set(allowed):
+            if chosen is None:
+                continue
+            if net_key not in lists:
+                elastic = [k for k, v in PHASE_KEYS.items() if v in lists]
                 raise ConfigError(
-                    f"phases[{i}].{name} = {chosen} is not a subset of the net's choices {allowed}"
+                    f"phases[{i}].{name}: family {recipe.net.family} has no elastic {net_key}; its phases "
+                    f"choose among {elastic}"
+                )
+            if not chosen or not set(chosen) <= set(lists[net_key]):
+                raise ConfigError(
+                    f"phases[{i}].{name} = {chosen} is not a non-empty subset of net.{net_key} {lists[net_key]}"
                 )
     return recipe
+
+
+def _check_net(net: NetConfig) -> None:
+    if net.family not in FAMILY_DEFAULTS:
+        raise ConfigError(f"net.family = {net.family!r}; choose one of {sorted(FAMILY_DEFAULTS)}")
+    foreign = [k for k in ("width_mult", "ks_list", "width_mult_list") if getattr(net, k) is not None]
+    foreign = [k for k in foreign if k not in FAMILY_DEFAULTS[net.family]]
+    if foreign:
+        raise ConfigError(
+            f"net.{foreign[0]} is not an argument of family {net.family}; its lists are "
+            f"{sorted(FAMILY_DEFAULTS[net.family])}"
+        )
 
 
 def load_recipe(path: str | Path) -> Recipe:

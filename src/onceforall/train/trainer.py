@@ -22,11 +22,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from onceforall.arch import Arch
+from onceforall.checkpoints import STATE_FORMAT, read_file
 from onceforall.data.loader import mix_seed
 from onceforall.errors import ConfigError, OFAError
 from onceforall.io import save_atomic
-from onceforall.spaces.mobilenet_v3 import OFAMobileNetV3
-from onceforall.train import checkpoint
+from onceforall.registry import FAMILIES, save_supernet
+from onceforall.spaces.common import Supernet
+from onceforall.train import sampling
 from onceforall.train.data import run_data
 from onceforall.train.distributed import all_reduce_sum, average_gradients, barrier, init_world
 from onceforall.train.evaluate import SubnetEvaluator
@@ -39,21 +41,13 @@ class TrainingDiverged(OFAError):
     """The loss became NaN or infinite."""
 
 
-def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> OFAMobileNetV3:
-    net = recipe.net
-    return OFAMobileNetV3(
-        n_classes=n_classes,
-        bn_param=(net.bn_momentum, net.bn_eps),
-        dropout_rate=net.dropout_rate,
-        width_mult=net.width_mult,
-        ks_list=net.ks_list,
-        expand_ratio_list=net.expand_ratio_list,
-        depth_list=net.depth_list,
-        in_channels=in_channels,
-        first_stride=net.first_stride,
-        stage_strides=net.stage_strides,
-        resolutions=recipe.data.resolutions,
-    )
+def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> Supernet:
+    """The recipe's supernet (its family, lists and strides) for data of this shape."""
+    args = recipe.net.build_args(n_classes, in_channels, recipe.data.resolutions)
+    try:
+        return FAMILIES[recipe.net.family](**args)
+    except OFAError as err:
+        raise ConfigError(f"net: {err}") from None
 
 
 def effective_phases(recipe: Recipe) -> list[Phase]:
@@ -71,9 +65,10 @@ def effective_phases(recipe: Recipe) -> list[Phase]:
         epochs=sum(p.epochs for p in rest),
         warmup_epochs=rest[0].warmup_epochs,
         subnets_per_step=max(p.subnets_per_step for p in rest),
-        ks=recipe.net.ks_list,
-        expand=recipe.net.expand_ratio_list,
-        depth=recipe.net.depth_list,
+        ks=recipe.net.lists().get("ks_list"),
+        expand=recipe.net.lists()["expand_ratio_list"],
+        depth=recipe.net.lists()["depth_list"],
+        width=recipe.net.lists().get("width_mult_list"),
         sort_channels=None,
         sandwich=False,
         train_largest=False,
@@ -168,7 +163,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _state(self, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
         return {
-            "format": checkpoint.STATE_FORMAT,
+            "format": STATE_FORMAT,
             "recipe": self.recipe.to_dict(),
             "position": vars(self.position).copy(),
             "model": self.net.state_dict(),
@@ -184,8 +179,8 @@ class Trainer:
         barrier(self.world)
 
     def _load_state(self, path: Path) -> None:
-        state = checkpoint.read(path)
-        if state.get("format") != checkpoint.STATE_FORMAT:
+        state = read_file(path, "training state")
+        if state.get("format") != STATE_FORMAT:
             raise ConfigError(f"{path} is not a training state written by `ofa train`")
         self._check_resumable(recipe_from_dict(state["recipe"]), path)
         self.net.load_state_dict(state["model"])
@@ -224,12 +219,9 @@ class Trainer:
         return teacher.requires_grad_(False).train()
 
     # ------------------------------------------------------------------ sampling
-    def _choices(self, phase: Phase) -> tuple[list[int], list[float], list[int]]:
-        net = self.net
-        return (
-            phase.ks or [net.ks_list[-1]],
-            phase.expand or [net.expand_ratio_list[-1]],
-            phase.depth or [net.depth_list[-1]],
+    def _allowed(self, phase: Phase) -> list[list[int]]:
+        return sampling.allowed_choices(
+            self.net.search_space(), phase, getattr(self.net, "width_mult_list", None)
         )
 
     def _sample(self, phase_index: int, step: int, k: int) -> dict[str, list]:
@@ -239,17 +231,11 @@ class Trainer:
         sandwich phase.
         """
         phase = self.phases[phase_index]
-        ks, es, ds = self._choices(phase)
-        n_blocks, n_stages = len(self.net.dynamic_blocks), len(self.net.block_group_info)
+        space, allowed = self.net.search_space(), self._allowed(phase)
         if (k == 0 and (phase.sandwich or phase.train_largest)) or (k == 1 and phase.sandwich):
-            pick = max if k == 0 else min
-            return {"ks": [pick(ks)] * n_blocks, "e": [pick(es)] * n_blocks, "d": [pick(ds)] * n_stages}
-        rng = random.Random(mix_seed(self.recipe.seed, phase_index, step, k))
-        return {
-            "ks": [rng.choice(ks) for _ in range(n_blocks)],
-            "e": [rng.choice(es) for _ in range(n_blocks)],
-            "d": [rng.choice(ds) for _ in range(n_stages)],
-        }
+            return sampling.corner(space, allowed, largest=k == 0).subnet_kwargs()
+        seed = mix_seed(self.recipe.seed, phase_index, step, k)
+        return sampling.sample(space, allowed, seed).subnet_kwargs()
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
@@ -261,7 +247,7 @@ class Trainer:
             self._save_state(None)
         final = self.out / "supernet.pt"
         if self.world.is_main:
-            checkpoint.save_supernet(self.net, final, recipe=self.recipe.to_dict(), history=self.history)
+            save_supernet(self.net, final, recipe=self.recipe.to_dict(), history=self.history)
         return final
 
     def _run_phase(self, index: int) -> None:
@@ -339,7 +325,7 @@ class Trainer:
                 self._save_state(optimizer)
         results = self.validate(index)
         if self.world.is_main:
-            checkpoint.save_supernet(self.net, self.out / f"phase{index}_{phase.name}.pt", validation=results)
+            save_supernet(self.net, self.out / f"phase{index}_{phase.name}.pt", validation=results)
 
     def _step(self, index: int, phase: Phase, images, labels, optimizer) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -368,20 +354,10 @@ class Trainer:
         return value
 
     # ------------------------------------------------------------------ validation
-    def corner_archs(self, index: int):
+    def corner_archs(self, index: int) -> list[Arch]:
         """The validation grid: {min, max} of each elastic choice of the phase x {min, max} resolution."""
-        ks, es, ds = self._choices(self.phases[index])
-        space, resolutions = self.net.search_space(), self.recipe.data.resolutions
-        archs = []
-        for r in sorted({min(resolutions), max(resolutions)}):
-            for d in sorted({min(ds), max(ds)}):
-                for e in sorted({min(es), max(es)}):
-                    for k in sorted({min(ks), max(ks)}):
-                        n_blocks = len(self.net.dynamic_blocks)
-                        n_stages = len(self.net.block_group_info)
-                        arch = Arch(space.name, r, d=(d,) * n_stages, e=(e,) * n_blocks, ks=(k,) * n_blocks)
-                        archs.append(space.validate(arch))
-        return archs
+        allowed = self._allowed(self.phases[index])
+        return sampling.corner_grid(self.net.search_space(), allowed, self.recipe.data.resolutions)
 
     def validate(self, index: int) -> list[dict[str, Any]]:
         """Holdout accuracy of the corner subnets (BN recalibrated), logged and printed as a table."""
@@ -389,16 +365,9 @@ class Trainer:
         rows = []
         for arch in self.corner_archs(index):
             top1, loss = evaluator(arch)
-            rows.append(
-                {
-                    "image_size": arch.image_size,
-                    "d": arch.d[0],
-                    "e": arch.e[0],
-                    "ks": arch.ks[0],
-                    "top1": top1,
-                    "loss": loss,
-                }
-            )
+            # Each field's last gene stands for the corner (uniform per field, but for ResNet's stem flag).
+            fields = {f: getattr(arch, f)[-1] for f in sampling.FIELDS if getattr(arch, f) is not None}
+            rows.append({"image_size": arch.image_size, **fields, "top1": top1, "loss": loss})
         self.net.set_max_net()
         phase = self.phases[index].name
         self._log(
@@ -410,16 +379,12 @@ class Trainer:
             }
         )
         table = Table(title=f"phase '{phase}': holdout accuracy of corner subnets (BN recalibrated)")
-        for column in ("R", "D", "E", "K", "top-1 %", "loss"):
+        fields = [f for f in sampling.FIELDS if rows and f in rows[0]]
+        for column in ("R", *(f.upper() for f in fields), "top-1 %", "loss"):
             table.add_column(column, justify="right")
         for r in rows:
             table.add_row(
-                str(r["image_size"]),
-                str(r["d"]),
-                f"{r['e']:g}",
-                str(r["ks"]),
-                f"{r['top1']:.2f}",
-                f"{r['loss']:.3f}",
+                str(r["image_size"]), *(f"{r[f]:g}" for f in fields), f"{r['top1']:.2f}", f"{r['loss']:.3f}"
             )
         self.console.print(table)
         return rows

@@ -1,0 +1,149 @@
+"""`ofa latency build|merge|validate`: latency lookup tables measured on this machine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from onceforall.arch import Arch
+from onceforall.cli.common import (
+    CheckpointOpt,
+    JsonOpt,
+    NetIdOpt,
+    ResolutionsOpt,
+    SupernetOpt,
+    emit,
+    latency_app,
+    open_supernet,
+    say,
+    user_errors,
+)
+from onceforall.errors import OFAError
+from onceforall.export import extract_subnet
+from onceforall.specialize.latency import (
+    LatencyTable,
+    build_latency_table,
+    current_settings,
+    merge_latency_tables,
+    validate_latency_table,
+)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if match is None or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise OFAError(f"--shard takes RANK/WORLD with 0 <= RANK < WORLD, e.g. 0/4; got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@latency_app.command("build")
+def latency_build(
+    supernet: SupernetOpt,
+    out: Annotated[Path, typer.Option(help="the table file (JSON lines); an unfinished one is resumed")],
+    checkpoint: CheckpointOpt = None,
+    net_id: NetIdOpt = None,
+    resolutions: ResolutionsOpt = "",
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu or cuda (torch backend)")] = "cpu",
+    threads: Annotated[int, typer.Option(min=1, help="intra-op threads")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed runs per round")] = 10,
+    repeats: Annotated[int, typer.Option(min=1, help="timed runs per round")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds per layer")] = 5,
+    statistic: Annotated[str, typer.Option(help="p10 (fastest round's 10th percentile) or median")] = "p10",
+    shard: Annotated[str, typer.Option(help="RANK/WORLD: measure this share of the layers")] = "0/1",
+    calibration_subnets: Annotated[int, typer.Option(min=1)] = 10,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure every distinct layer of the supernet's space on this machine (resumable; shardable)."""
+    with user_errors():
+        rank, world = _shard(shard)
+        path = out if world == 1 else out.with_name(f"{out.stem}.shard{rank}of{world}{out.suffix}")
+        space = open_supernet(supernet, checkpoint, net_id, resolutions).net.search_space()
+        table = build_latency_table(
+            space,
+            path,
+            backend=backend,
+            device=device,
+            threads=threads,
+            batch_size=batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            rounds=rounds,
+            statistic=statistic,
+            shard=(rank, world),
+            calibration_subnets=calibration_subnets,
+            seed=seed,
+            progress=True,
+        )
+    summary = {"path": str(path), "layers": len(table.layers), "meta": table.meta}
+    if table.calibration is not None:
+        c = table.calibration
+        summary["calibration"] = {
+            "call_overhead_ms": c.call_overhead_ms,
+            "scale": c.scale,
+            "overhead_ms": c.overhead_ms,
+        }
+    say(f"latency table {path}: {len(table.layers)} layers measured", as_json)
+    if as_json:
+        emit(summary)
+
+
+@latency_app.command("merge")
+def latency_merge(
+    shards: Annotated[list[Path], typer.Argument(help="the shard files")],
+    supernet: SupernetOpt,
+    out: Annotated[Path, typer.Option(help="the merged table")],
+    checkpoint: CheckpointOpt = None,
+    net_id: NetIdOpt = None,
+    resolutions: ResolutionsOpt = "",
+    calibration_subnets: int = 10,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Combine shard files and calibrate the merged table here (same settings as the shards)."""
+    with user_errors():
+        space = open_supernet(supernet, checkpoint, net_id, resolutions).net.search_space()
+        table = merge_latency_tables(shards, out, space, calibration_subnets, seed, progress=True)
+    say(f"merged {len(shards)} shards into {out}: {len(table.layers)} layers", as_json)
+    if as_json:
+        emit({"path": str(out), "layers": len(table.layers), "meta": table.meta})
+
+
+@latency_app.command("validate")
+def latency_validate(
+    supernet: SupernetOpt,
+    table: Annotated[Path, typer.Option(help="the latency table")],
+    checkpoint: CheckpointOpt = None,
+    net_id: NetIdOpt = None,
+    resolutions: ResolutionsOpt = "",
+    n: Annotated[int, typer.Option(min=1, help="random subnets to measure end to end")] = 100,
+    seed: int = 1,
+    plot: Annotated[Path | None, typer.Option(help="measured-vs-predicted PNG")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure N random extracted subnets here and compare with the table's prediction (weights do not matter)."""
+    with user_errors():
+        net = open_supernet(supernet, checkpoint, net_id, resolutions).net.eval()
+        loaded = LatencyTable.load(table)
+        m = loaded.meta
+        loaded.check(current_settings(m["backend"], m["device"], m["threads"], m["batch_size"]))
+
+        def extract(arch: Arch):
+            return extract_subnet(net, arch)
+
+        report = validate_latency_table(
+            loaded, net.search_space(), n, seed, extract, plot=plot, progress=True
+        )
+    say(
+        f"{report.n} subnets: {100 * report.within_10:.1f} % within ±10 %, MAPE {report.mape:.2f} %, "
+        f"Spearman {report.spearman:.3f}, max error {report.max_error:.1f} %"
+        + (f"; plot {report.plot}" if report.plot else ""),
+        as_json,
+    )
+    if as_json:
+        emit(report.to_dict())
