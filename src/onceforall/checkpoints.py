@@ -17,21 +17,11 @@ import torch
 import torch.nn as nn
 
 from onceforall.errors import CheckpointError
+from onceforall.nn.keys import map_official_keys
 from onceforall.spaces.common import load_checked
 
 SUPERNET_FORMAT = "onceforall.supernet"
 STATE_FORMAT = "onceforall.train-state"
-
-# (checkpoint spelling, model spelling): single nesting of static layers vs double of dynamic ones.
-NESTING_RULES = (
-    (".bn.bn.", ".bn."),
-    (".conv.conv.weight", ".conv.weight"),
-    (".linear.linear.", ".linear."),
-    (".linear.", ".linear.linear."),
-    ("bn.", "bn.bn."),
-    ("conv.weight", "conv.conv.weight"),
-)
-
 
 def read_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """`torch.load(weights_only=True)` of a dict, with one clear error for missing or foreign files."""
@@ -66,22 +56,6 @@ def state_dict_of(checkpoint: str | Path | Mapping) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def official_to_model_keys(state: Mapping[str, torch.Tensor], model_keys: set[str]) -> dict[str, str]:
-    """Map each checkpoint key onto a key of the model (old block names, static/dynamic nesting).
-
-    Keys that map nowhere are left out; `load_official` reports them.
-    """
-    mapping: dict[str, str] = {}
-    for key in state:
-        name = key.replace(".mobile_inverted_conv.", ".conv.")
-        if name not in model_keys:
-            candidates = (name.replace(old, new) for old, new in NESTING_RULES if old in name)
-            name = next((c for c in candidates if c in model_keys), name)
-        if name in model_keys:
-            mapping[key] = name
-    return mapping
-
-
 def describe(net: nn.Module) -> str:
     space = getattr(net, "search_space", None)
     return f"{type(net).__name__} ({space().name})" if callable(space) else type(net).__name__
@@ -98,7 +72,7 @@ def load_official(
     """
     state = state_dict_of(checkpoint)
     own = nn.Module.state_dict(net)
-    mapping = official_to_model_keys(state, set(own))
+    mapping = map_official_keys(state, set(own))
     unknown = [k for k in state if k not in mapping]
     targets: dict[str, list[str]] = {}
     for key, name in mapping.items():

@@ -230,7 +230,7 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
                 )
             if not chosen or not set(chosen) <= set(lists[net_key]):
                 raise ConfigError(
-                    f"phases[{i}].{name} = {chosen} is not a non-empty subset of net.{net_key} {lists[net_key]}"
+                    f"phases[{i}].{name} = {chosen} is not a subset of net.{net_key} {lists[net_key]} (or is empty)"
                 )
     return recipe
 
