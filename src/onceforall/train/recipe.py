@@ -1,17 +1,23 @@
 """Training recipes as data: a supernet, a dataset and a list of progressive-shrinking phases.
 
-A recipe is read from YAML with strict checking: an unknown key or a value of the wrong type is
-a ConfigError naming the key, before any training starts.
+A recipe is read from YAML with strict checking: an unknown key, a value of the wrong type or
+outside its field's range is a ConfigError naming the key, the value, the allowed range and the
+fix, before any training starts. The ranges sit next to the fields (`Annotated[int, Range(...)]`)
+and `_check` is the one place that applies them; the upper bounds keep a run feasible (a
+`depth_list: [100]` supernet would never finish a step). Legal but suspicious values (a negative
+weight decay, odd resolutions) give a `RecipeWarning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -38,6 +44,81 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 FAMILY_BN_EPS = {"mbv3": 1e-5, "proxyless": 1e-3, "resnet50": 1e-5}
 FAMILY_STRIDES = {"mbv3": [2, 2, 2, 1, 2], "proxyless": [2, 2, 2, 1, 2, 1], "resnet50": [1, 2, 2, 2]}
+
+
+class RecipeWarning(UserWarning):
+    """A recipe value that is legal but probably not what was meant."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field (checked by `_check`), with the fix to suggest."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # `low` itself is not allowed
+    high_open: bool = False
+    odd: bool = False
+    fix: str = ""
+    warn_below: float | None = None  # legal, but a RecipeWarning below this value
+    warning: str = ""
+
+    def describe(self, key: str) -> str:
+        name = key.rsplit(".", 1)[-1]
+        low = "" if self.low is None else f"{_show(self.low)} {'<' if self.low_open else '<='} "
+        high = "" if self.high is None else f" {'<' if self.high_open else '<='} {_show(self.high)}"
+        return f"{low}{name}{high}" + (", odd" if self.odd else "")
+
+    def check(self, value: float, key: str) -> None:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high or (self.odd and value % 2 != 1):
+            fix = f"; {self.fix}" if self.fix else ""
+            raise ConfigError(f"{key} = {value!r} is out of range: allowed {self.describe(key)}{fix}")
+        if self.warn_below is not None and value < self.warn_below:
+            warnings.warn(f"{key} = {value!r}: {self.warning}", RecipeWarning, stacklevel=5)
+
+
+def _show(bound: float) -> str:
+    """A bound as written in a recipe: 1000000000 rather than 1e+09, 0.5 rather than 0.500000."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """The allowed number of entries of a list field."""
+
+    low: int
+    high: int
+
+    def check(self, value: list, key: str) -> None:
+        if not self.low <= len(value) <= self.high:
+            raise ConfigError(
+                f"{key} has {len(value)} entries: allowed {self.low} to {self.high}"
+                + ("" if self.low > 0 else "; leave the key out for the default")
+            )
+
+
+def _int(low: int, high: int, fix: str = "", **kw: Any) -> Any:
+    return Annotated[int, Range(low, high, fix=fix, **kw)]
+
+
+def _float(low: float, high: float, fix: str = "", **kw: Any) -> Any:
+    return Annotated[float, Range(low, high, fix=fix, **kw)]
+
+
+# Upper bounds that keep a run feasible; far above any published setting.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+_POSITIVE = {"low_open": True}
+KernelSizes = Annotated[list[_int(1, 11, "kernel sizes are odd, e.g. [3, 5, 7]", odd=True)], Length(1, 6)]
+ExpandRatios = Annotated[
+    list[_float(0, 8, "e.g. [3, 4, 6] (resnet50: [0.2, 0.25, 0.35])", **_POSITIVE)], Length(1, 6)
+]
+Depths = Annotated[list[_int(0, 8, "e.g. [2, 3, 4] (resnet50: [0, 1, 2])")], Length(1, 6)]
+Widths = Annotated[list[_float(0, 4, "e.g. [0.65, 0.8, 1.0]", **_POSITIVE)], Length(1, 6)]
+Chosen = Length(1, 6)  # a phase's subset of a net list
+
 # The elastic dimension each phase key shrinks, and the net list that bounds it.
 PHASE_KEYS = {
     "ks": "ks_list",
@@ -56,16 +137,16 @@ class NetConfig:
     """
 
     family: str = "mbv3"
-    width_mult: float | None = None
-    ks_list: list[int] | None = None
-    expand_ratio_list: list[float] | None = None
-    depth_list: list[int] | None = None
-    width_mult_list: list[float] | None = None
-    first_stride: int = 2
-    stage_strides: list[int] | None = None
-    dropout_rate: float = 0.1
-    bn_momentum: float = 0.1
-    bn_eps: float | None = None
+    width_mult: _float(0, 4, "e.g. 1.0 or 1.2", **_POSITIVE) | None = None
+    ks_list: KernelSizes | None = None
+    expand_ratio_list: ExpandRatios | None = None
+    depth_list: Depths | None = None
+    width_mult_list: Widths | None = None
+    first_stride: _int(1, 4, "2 for ImageNet-sized inputs, 1 for small images") = 2
+    stage_strides: Annotated[list[_int(1, 4)], Length(1, 8)] | None = None
+    dropout_rate: _float(0, 1, "e.g. 0.1", high_open=True) = 0.1
+    bn_momentum: _float(0, 1, "e.g. 0.1") = 0.1
+    bn_eps: _float(0, 1, "e.g. 1e-5", **_POSITIVE) | None = None
 
     def lists(self) -> dict[str, Any]:
         """The family's elastic lists with this recipe's values filled in."""
@@ -95,14 +176,18 @@ class DataConfig:
 
     name: str = "fashion-mnist"
     root: str | None = None
-    limit: int | None = None
-    holdout: int = 10000
-    resolutions: list[int] = field(default_factory=lambda: [128, 160, 192, 224])
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    limit: _int(1, 10**9, "leave it out to use every training image") | None = None
+    holdout: _int(0, 10**8, "e.g. 10000") = 10000
+    resolutions: Annotated[list[_int(8, 1024, "e.g. [128, 160, 192, 224]")], Length(1, 64)] = field(
+        default_factory=lambda: [128, 160, 192, 224]
+    )
+    crop_scale: Annotated[list[_float(0, 1, "e.g. [0.08, 1.0]", **_POSITIVE)], Length(2, 2)] = field(
+        default_factory=lambda: [0.08, 1.0]
+    )
     flip: bool = True
-    batch_size: int = 256
-    eval_batch_size: int = 500
-    workers: int = 4
+    batch_size: _int(1, MAX_BATCH, "e.g. 256") = 256
+    eval_batch_size: _int(1, MAX_BATCH, "e.g. 500") = 500
+    workers: _int(0, 256, "0 decodes in the main process, e.g. 4") = 4
 
 
 @dataclass(frozen=True)
@@ -110,16 +195,16 @@ class Phase:
     """One stage of progressive shrinking: which choices are elastic, for how long, how fast."""
 
     name: str
-    epochs: int
-    lr: float
-    warmup_epochs: int = 0
-    warmup_lr: float | None = None
-    subnets_per_step: int = 1
-    ks: list[int] | None = None
-    expand: list[float] | None = None
-    depth: list[int] | None = None
-    width: list[float] | None = None
-    sort_channels: int | None = None
+    epochs: _int(0, MAX_EPOCHS)
+    lr: _float(0, 10, "e.g. 0.1 (0.026 per 64 images in the paper)", **_POSITIVE)
+    warmup_epochs: _int(0, MAX_EPOCHS) = 0
+    warmup_lr: _float(0, 10, "e.g. 0.01", **_POSITIVE) | None = None
+    subnets_per_step: _int(1, 16, "e.g. 1, or 2-4 for sandwich phases") = 1
+    ks: Annotated[list[int], Chosen] | None = None
+    expand: Annotated[list[float], Chosen] | None = None
+    depth: Annotated[list[int], Chosen] | None = None
+    width: Annotated[list[float], Chosen] | None = None
+    sort_channels: _int(0, 5, "an index into net.expand_ratio_list") | None = None
     sandwich: bool = False
     train_largest: bool = False
     distill: bool = True
@@ -132,18 +217,20 @@ class Recipe:
     phases: list[Phase]
     net: NetConfig = field(default_factory=NetConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    seed: int = 0
-    momentum: float = 0.9
+    seed: _int(0, 2**63 - 1) = 0
+    momentum: _float(0, 1, "e.g. 0.9", high_open=True) = 0.9
     nesterov: bool = True
-    weight_decay: float = 3e-5
-    label_smoothing: float = 0.1
-    kd_ratio: float = 1.0
-    bn_calibration_images: int = 2000
-    bn_calibration_batch: int = 200
+    weight_decay: _float(
+        -1, 1, "e.g. 3e-5", warn_below=0, warning="a negative weight decay grows the weights; use >= 0"
+    ) = 3e-5
+    label_smoothing: _float(0, 1, "e.g. 0.1", high_open=True) = 0.1
+    kd_ratio: _float(0, 100, "e.g. 1.0 (0 turns distillation off)") = 1.0
+    bn_calibration_images: _int(1, 10**7, "e.g. 2000") = 2000
+    bn_calibration_batch: _int(1, MAX_BATCH, "e.g. 200") = 200
     bn_calibration_augment: bool = False
-    validate_every: int = 0
-    checkpoint_every: int = 200
-    log_every: int = 20
+    validate_every: _int(0, MAX_EPOCHS, "epochs between validations; 0 validates at phase ends only") = 0
+    checkpoint_every: _int(1, 10**9, "steps between checkpoints, e.g. 200") = 200
+    log_every: _int(1, 10**9, "steps between log lines, e.g. 20") = 20
     tensorboard: bool = False
     no_progressive_shrinking: bool = False
 
@@ -152,8 +239,14 @@ class Recipe:
 
 
 def _check(value: Any, hint: Any, key: str) -> Any:
-    """Convert `value` to the annotated type, or raise ConfigError naming `key`."""
+    """Convert `value` to the annotated type and check its Range/Length, or raise ConfigError naming `key`."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *limits = typing.get_args(hint)
+        value = _check(value, base, key)
+        for limit in limits:
+            limit.check(value, key)
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -167,16 +260,18 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if hint in (int, float, str, bool) and (type(value) is not hint):
         raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r} is not a finite number")
     return value
 
 
 def _build(cls: type, data: Any, key: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{key or 'the recipe'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -202,10 +297,18 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     _check_net(recipe.net)
     if not recipe.phases:
         raise ConfigError("phases is empty; a recipe needs at least one phase")
+    _check_data(recipe.data)
     for i, phase in enumerate(recipe.phases):
-        if phase.epochs < 0 or phase.warmup_epochs < 0 or phase.subnets_per_step < 1 or phase.lr <= 0:
+        if phase.epochs + phase.warmup_epochs < 1:
             raise ConfigError(
-                f"phases[{i}] ({phase.name}): epochs >= 0, subnets_per_step >= 1 and lr > 0 required"
+                f"phases[{i}] ({phase.name}): epochs = {phase.epochs} and warmup_epochs = "
+                f"{phase.warmup_epochs} train nothing; give the phase at least one epoch or remove it"
+            )
+        n_expand = len(recipe.net.lists()["expand_ratio_list"])
+        if phase.sort_channels is not None and phase.sort_channels >= n_expand:
+            raise ConfigError(
+                f"phases[{i}].sort_channels = {phase.sort_channels} is out of range: allowed 0 <= "
+                f"sort_channels < {n_expand} (an index into net.expand_ratio_list, which has {n_expand} entries)"
             )
         if phase.sandwich and phase.subnets_per_step < 2:
             raise ConfigError(
@@ -235,6 +338,23 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def _check_data(data: DataConfig) -> None:
+    """What the per-field ranges cannot say: crop_scale is (low, high), and odd sizes are suspicious."""
+    low, high = data.crop_scale
+    if low > high:
+        raise ConfigError(
+            f"data.crop_scale = {data.crop_scale} is not a range: write [low, high] with low <= high"
+        )
+    odd = [r for r in data.resolutions if r % 2]
+    if odd:
+        warnings.warn(
+            f"data.resolutions {data.resolutions} has odd sizes {odd}: stride-2 layers round them up, so "
+            "feature maps of neighbouring sizes differ unevenly; the official supernets use multiples of 4",
+            RecipeWarning,
+            stacklevel=3,
+        )
+
+
 def _check_net(net: NetConfig) -> None:
     if net.family not in FAMILY_DEFAULTS:
         raise ConfigError(f"net.family = {net.family!r}; choose one of {sorted(FAMILY_DEFAULTS)}")
@@ -247,13 +367,20 @@ def _check_net(net: NetConfig) -> None:
         )
 
 
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and check a YAML recipe."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist; see configs/ for examples")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            f"{path} is {path.stat().st_size} bytes: not a recipe (a recipe is a few kB of YAML)"
+        )
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
+        raise ConfigError(f"{path} is not valid YAML: {type(err).__name__}: {err}") from None
     return recipe_from_dict(data or {})
