@@ -1,7 +1,14 @@
-"""Atomic file writes: a crash never leaves a half-written checkpoint or result behind."""
+"""Atomic file writes, output-folder locks and the clean-up after a killed writer.
+
+A crash never leaves a half-written checkpoint or result behind: files are written to a
+temporary `.{name}.*.tmp` beside them and renamed over. A kill -9 between the two leaves the
+temporary file; `remove_stale_tmp` deletes such leftovers when the next run takes the folder's
+lock (`FolderLock`), so no writer can still be using them.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -11,6 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from onceforall.errors import OFAError
+
+LOCK_NAME = ".lock"
+
+
+class OutputLocked(OFAError):
+    """Another process is writing into the same output folder."""
 
 
 def _new_file_mode() -> int:
@@ -76,3 +91,65 @@ def replaced_folder(path: str | Path):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (its `.lock` file), held from `acquire` to `release`.
+
+    The lock is a `flock`, which the kernel drops when the holder exits however it dies, so the
+    lock of a killed run is simply taken over by the next one; the file keeps the holder's pid
+    only to name it in the error a second writer gets.
+    """
+
+    def __init__(self, folder: str | Path, what: str = "--out"):
+        self.folder, self.what = Path(folder), what
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputLocked(
+                f"{self.folder} is in use by another process (pid {holder}); wait for it to finish, or "
+                f"give another {self.what}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def remove_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete what interrupted atomic writes left in `folder`: `.{name}.*.tmp` files and folders and
+    `replaced_folder`'s `.{name}.old`. Call it only while holding the folder's `FolderLock`."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if not entry.name.startswith(".") or not entry.name.endswith((".tmp", ".old")):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

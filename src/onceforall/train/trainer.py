@@ -7,6 +7,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,7 +26,7 @@ from onceforall.arch import Arch
 from onceforall.checkpoints import STATE_FORMAT, read_file
 from onceforall.data.loader import mix_seed
 from onceforall.errors import ConfigError, OFAError
-from onceforall.io import save_atomic
+from onceforall.io import FolderLock, remove_stale_tmp, save_atomic
 from onceforall.registry import FAMILIES, save_supernet
 from onceforall.spaces.common import Supernet
 from onceforall.train import sampling
@@ -39,6 +40,11 @@ from onceforall.train.step import accumulate_gradients
 
 class TrainingDiverged(OFAError):
     """The loss became NaN or infinite."""
+
+
+def _without_lr(phase: dict[str, Any], unfinished: bool) -> dict[str, Any]:
+    """A phase as `_check_resumable` compares it: the learning rates of an unfinished one may change."""
+    return {k: v for k, v in phase.items() if not (unfinished and k in ("lr", "warmup_lr"))}
 
 
 def build_supernet(recipe: Recipe, n_classes: int, in_channels: int) -> Supernet:
@@ -152,13 +158,25 @@ class Trainer:
         self.position = Position()
         self.history: list[dict[str, Any]] = []
         state_path = self.out / "checkpoint.pt"
-        if resume and state_path.is_file():
-            self._load_state(state_path)
-        elif not resume and state_path.is_file():
-            raise ConfigError(
-                f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        self.out.mkdir(parents=True, exist_ok=True)
+        with self._folder_lock():  # a run training into `out` now makes this one fail here
+            if resume and state_path.is_file():
+                self._load_state(state_path)
+            elif not resume and state_path.is_file():
+                raise ConfigError(
+                    f"{self.out} already holds a run; pass --resume to continue it or choose another --out"
+                )
+
+    def _folder_lock(self) -> FolderLock | contextlib.nullcontext:
+        """The run folder's lock (main rank): one writer at a time, so two runs never mix their phases.
+
+        Taking it also removes the temporary files of an atomic write a kill -9 interrupted: with
+        the lock held, no other writer can be using them.
+        """
+        if not self.world.is_main:
+            return contextlib.nullcontext()
+        lock = FolderLock(self.out, "--out (a run folder is written by one `ofa train` at a time)").acquire()
+        remove_stale_tmp(self.out)
+        return lock
 
     # ------------------------------------------------------------------ state
     def _state(self, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
@@ -182,7 +200,7 @@ class Trainer:
         state = read_file(path, "training state")
         if state.get("format") != STATE_FORMAT:
             raise ConfigError(f"{path} is not a training state written by `ofa train`")
-        self._check_resumable(recipe_from_dict(state["recipe"]), path)
+        self._check_resumable(recipe_from_dict(state["recipe"]), path, state["position"]["phase"])
         self.net.load_state_dict(state["model"])
         self.position = Position(**state["position"])
         self.history = list(state["history"])
@@ -192,17 +210,22 @@ class Trainer:
         random.setstate((3, tuple(state["rng"]["python"]), None))
         self._resumed_optimizer = state["optimizer"]
 
-    def _check_resumable(self, saved: Recipe, path: Path) -> None:
-        """A run resumes under its own recipe, or under one that only appends phases to it."""
+    def _check_resumable(self, saved: Recipe, path: Path, finished: int = 0) -> None:
+        """A run resumes under its own recipe, or one that only appends phases to it or changes the
+        learning rates (`lr`, `warmup_lr`) of phases not finished yet (`finished`: how many are), the
+        fix `TrainingDiverged` suggests."""
         old, new = saved.to_dict(), self.recipe.to_dict()
         changed = sorted(k for k in old if k != "phases" and old[k] != new[k])
         n_old = len(old["phases"])
-        if new["phases"][:n_old] != old["phases"]:
+        if len(new["phases"]) < n_old or any(
+            _without_lr(a, i >= finished) != _without_lr(b, i >= finished)
+            for i, (a, b) in enumerate(zip(old["phases"], new["phases"]))
+        ):
             changed.append("phases")
         if changed:
             raise ConfigError(
                 f"the recipe changed since {path} was written (keys {changed}); resume with the same "
-                "recipe, or one that only appends phases to it"
+                "recipe, or one that only appends phases or changes lr/warmup_lr of unfinished phases"
             )
 
     def _make_teacher(self, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -239,15 +262,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def run(self) -> Path:
-        """Train every remaining phase; returns the path of the final supernet."""
-        while self.position.phase < len(self.phases):
-            self._run_phase(self.position.phase)
-            self.position = Position(phase=self.position.phase + 1)
-            self._resumed_optimizer = None
-            self._save_state(None)
-        final = self.out / "supernet.pt"
-        if self.world.is_main:
-            save_supernet(self.net, final, recipe=self.recipe.to_dict(), history=self.history)
+        """Train every remaining phase, holding the run folder's lock; returns the path of the final supernet."""
+        with self._folder_lock():
+            while self.position.phase < len(self.phases):
+                self._run_phase(self.position.phase)
+                self.position = Position(phase=self.position.phase + 1)
+                self._resumed_optimizer = None
+                self._save_state(None)
+            final = self.out / "supernet.pt"
+            if self.world.is_main:
+                save_supernet(self.net, final, recipe=self.recipe.to_dict(), history=self.history)
         return final
 
     def _run_phase(self, index: int) -> None:
@@ -345,13 +369,27 @@ class Trainer:
         all_reduce_sum(value, self.world)
         value = value.item() / self.world.size
         if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} in phase '{phase.name}' at step {self.position.step}; "
-                f"the last good state is {self.out / 'checkpoint.pt'}. Lower the learning rate and resume."
-            )
+            raise TrainingDiverged(self._divergence_message(value, phase))
         average_gradients(list(self.net.parameters()), self.world)
         optimizer.step()
         return value
+
+    def _divergence_message(self, value: float, phase: Phase) -> str:
+        """What happened, and the fix that works from here: whether a checkpoint exists decides it."""
+        where = f"the loss became {value} in phase '{phase.name}' at step {self.position.step}"
+        index = next((i for i, p in enumerate(self.recipe.phases) if p.name == phase.name), None)
+        key = f"phases[{index}].lr" if index is not None else "the phase's lr"
+        state = self.out / "checkpoint.pt"
+        if state.is_file():
+            return (
+                f"{where}; the last good state is {state}. Lower {key} (now {phase.lr:g}) in the recipe and "
+                "run again with --resume (a changed lr or warmup_lr of an unfinished phase is accepted)."
+            )
+        return (
+            f"{where}, before the first checkpoint was written (every checkpoint_every = "
+            f"{self.recipe.checkpoint_every} steps and at each epoch's end). Lower {key} (now {phase.lr:g}) "
+            "in the recipe and run the same command again: there is nothing to resume."
+        )
 
     # ------------------------------------------------------------------ validation
     def corner_archs(self, index: int) -> list[Arch]:
