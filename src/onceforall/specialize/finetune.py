@@ -17,6 +17,7 @@ from onceforall.data import FolderLoader, TensorLoader
 from onceforall.specialize.latency import progress_bar
 from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.schedule import learning_rate
+from onceforall.train.step import distillation_loss
 from onceforall.train.trainer import parameter_groups, sgd
 
 Loader = TensorLoader | FolderLoader
@@ -56,11 +57,13 @@ def finetune(
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(epoch * steps_per_epoch + batch, steps_per_epoch, epochs, lr)
                 logits = student(images).float()
-                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+                target = None
                 if teacher is not None and kd_ratio > 0:
                     with torch.no_grad():
                         target = F.softmax(teacher(images).float(), dim=1)
-                    loss = loss + kd_ratio * F.cross_entropy(logits, target)
+                loss = distillation_loss(
+                    logits, labels, target, label_smoothing=label_smoothing, kd_ratio=kd_ratio
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

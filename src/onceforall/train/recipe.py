@@ -208,6 +208,7 @@ class Phase:
     sandwich: bool = False
     train_largest: bool = False
     distill: bool = True
+    inplace_distill: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ class Recipe:
     log_every: _int(1, 10**9, "steps between log lines, e.g. 20") = 20
     tensorboard: bool = False
     no_progressive_shrinking: bool = False
+    init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -335,7 +337,36 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
                 raise ConfigError(
                     f"phases[{i}].{name} = {chosen} is not a subset of net.{net_key} {lists[net_key]} (or is empty)"
                 )
+    _check_strategies(recipe)
     return recipe
+
+
+def _check_strategies(recipe: Recipe) -> None:
+    """The training-strategy keys (issue #23): in-place distillation and starting from a supernet file."""
+    if recipe.init is not None and not recipe.init.strip():
+        raise ConfigError(
+            "init is empty; give the path of a supernet file (e.g. RUN/supernet.pt) or leave it out"
+        )
+    for i, phase in enumerate(recipe.phases):
+        if not phase.inplace_distill:
+            continue
+        where = f"phases[{i}] ({phase.name}): inplace_distill: true"
+        if not phase.sandwich:
+            # The soft targets are the largest subnet's outputs of the same step, so it must come first.
+            raise ConfigError(
+                f"{where} distils every subnet from the largest one trained first in the same step; "
+                "add sandwich: true (and subnets_per_step >= 3 for random subnets besides the corners)"
+            )
+        if phase.distill:
+            raise ConfigError(
+                f"{where} takes its soft targets from the largest subnet, not from the teacher, but distill "
+                "is true (its default); set distill: false"
+            )
+        if recipe.no_progressive_shrinking:
+            raise ConfigError(
+                f"{where} cannot be combined with no_progressive_shrinking: true, which merges the phases into "
+                "one uniformly sampled phase; drop one of the two"
+            )
 
 
 def _check_data(data: DataConfig) -> None:

@@ -27,7 +27,7 @@ from onceforall.checkpoints import STATE_FORMAT, read_file
 from onceforall.data.loader import mix_seed
 from onceforall.errors import ConfigError, OFAError
 from onceforall.io import FolderLock, remove_stale_tmp, save_atomic
-from onceforall.registry import FAMILIES, save_supernet
+from onceforall.registry import FAMILIES, load_supernet, save_supernet
 from onceforall.spaces.common import Supernet
 from onceforall.train import sampling
 from onceforall.train.data import run_data
@@ -60,11 +60,13 @@ def effective_phases(recipe: Recipe) -> list[Phase]:
     """The phases to run; with `no_progressive_shrinking`, everything after the first is one elastic phase.
 
     The merged phase samples uniformly, as the paper's ablation does, even if the recipe has sandwich phases.
+    With `init` the teacher is the file's max subnet, so the recipe has no teacher phase: every phase merges.
     """
     phases = list(recipe.phases)
-    if not recipe.no_progressive_shrinking or len(phases) < 2:
+    teacher_phases = 0 if recipe.init is not None else 1
+    if not recipe.no_progressive_shrinking or len(phases) <= teacher_phases:
         return phases
-    rest = phases[1:]
+    rest = phases[teacher_phases:]
     merged = replace(
         rest[-1],
         name="all-elastic",
@@ -78,8 +80,9 @@ def effective_phases(recipe: Recipe) -> list[Phase]:
         sort_channels=None,
         sandwich=False,
         train_largest=False,
+        inplace_distill=False,
     )
-    return [phases[0], merged]
+    return [*phases[:teacher_phases], merged]
 
 
 def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -154,6 +157,8 @@ class Trainer:
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank and in every run
         self.net = build_supernet(recipe, self.data.info.n_classes, self.data.info.in_channels)
         self.net.to(self.device, memory_format=torch.channels_last)
+        if recipe.init is not None:
+            self._load_init(Path(recipe.init))  # a resumed run's checkpoint then overwrites these weights
         self.teacher: nn.Module | None = None
         self.position = Position()
         self.history: list[dict[str, Any]] = []
@@ -209,6 +214,27 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
         self._resumed_optimizer = state["optimizer"]
+
+    def _load_init(self, path: Path) -> None:
+        """Start from the weights of a supernet file (`init`): e.g. a teacher run's `supernet.pt`, so that
+        several recipes share one teacher; their first distilling phase takes its max subnet as teacher."""
+        if not path.is_file():
+            raise ConfigError(
+                f"init = {str(path)!r} does not exist; give a supernet file written by `ofa train` "
+                "(RUN/supernet.pt or RUN/phase<i>_<name>.pt), relative to the working directory"
+            )
+        source = load_supernet(path).net.state_dict()
+        target = self.net.state_dict()
+        mismatched = sorted(
+            k for k in source.keys() | target.keys() if k not in source or k not in target
+        ) or sorted(k for k in target if source[k].shape != target[k].shape)
+        if mismatched:
+            raise ConfigError(
+                f"init = {str(path)!r} is a different supernet than this recipe's net (first of "
+                f"{len(mismatched)} differing keys: {mismatched[:3]}); use the same net settings as the run "
+                "that wrote it"
+            )
+        self.net.load_state_dict(source)
 
     def _check_resumable(self, saved: Recipe, path: Path, finished: int = 0) -> None:
         """A run resumes under its own recipe, or one that only appends phases to it or changes the
@@ -356,7 +382,7 @@ class Trainer:
         subnets = [self._sample(index, self.position.step, k) for k in range(phase.subnets_per_step)]
         loss = accumulate_gradients(
             self.net,
-            self.teacher if phase.distill else None,
+            self.teacher if phase.distill and not phase.inplace_distill else None,
             images,
             labels,
             subnets,
@@ -364,6 +390,7 @@ class Trainer:
             kd_ratio=self.recipe.kd_ratio,
             micro_batches=self.micro_batches,
             autocast=torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
+            inplace_distill=phase.inplace_distill,  # subnets[0] is the largest: sandwich is required
         )
         value = torch.tensor([loss], dtype=torch.float64)
         all_reduce_sum(value, self.world)
