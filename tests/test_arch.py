@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onceforall import Arch, ArchError, OFAMobileNetV3
+from onceforall.arch import DEFAULT_MUTATION, Gene, SearchSpace, Stage
 
 SPACE = OFAMobileNetV3(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4]).search_space()
 
@@ -88,6 +89,122 @@ def test_canonical_makes_equal_subnets_equal():
     assert not torch.equal(pop[0], pop[1])
     canon = SPACE.canonical(pop)
     assert torch.equal(canon[0], canon[1])
+
+
+def odd_space() -> SearchSpace:
+    """The structures the real spaces use, in one small space built without a supernet.
+
+    A stem-like stage whose depth gene is (0, 2) over one gene-less slot (ResNet's stem), a stage
+    with a base depth and three gated slots, a slot in no stage (always runs), width genes, a
+    one-choice gene and a depth gene that gates nothing (as the last ProxylessNAS stage).
+    """
+    genes = (
+        Gene("image_size", None, (24, 28, 32), "resolution", 0),
+        Gene("d", 0, (0, 2), "depth", 1),
+        Gene("d", 1, (0, 1, 2), "depth", 2),
+        Gene("d", 2, (1,), "depth", 3),
+        Gene("w", 0, (0, 1), "width", 4),
+        Gene("w", 1, (0, 1, 2), "width", 5),
+        Gene("ks", 0, (3, 5), "block", 6, 1),
+        Gene("ks", 1, (3, 5), "block", 7, 2),
+        Gene("ks", 2, (3, 5), "block", 8, 3),
+        Gene("ks", 3, (3, 5, 7), "block", 9, 4),
+        Gene("e", 0, (3, 4, 6), "block", 6, 1),
+        Gene("e", 1, (3, 4, 6), "block", 7, 2),
+        Gene("e", 2, (3, 4, 6), "block", 8, 3),
+        Gene("e", 3, (3, 4, 6), "block", 9, 4),
+    )
+    stages = (Stage(1, 0, (0,)), Stage(2, 1, (1, 2, 3)), Stage(3, 0, ()))
+    return SearchSpace("odd", genes, stages, 5)
+
+
+def loop_active(space: SearchSpace, population: torch.Tensor) -> torch.Tensor:
+    """The definition, one arch and one slot at a time: slot j of a stage runs iff j < base + depth."""
+    active = torch.ones(len(population), space.n_slots, dtype=torch.bool)
+    for row, arch in enumerate(population.tolist()):
+        for stage in space.stages:
+            depth = space.genes[stage.depth_gene].choices[arch[stage.depth_gene]] + stage.base
+            for position, slot in enumerate(stage.slots):
+                active[row, slot] = position < depth
+    return active
+
+
+def loop_onehot(space: SearchSpace, population: torch.Tensor) -> torch.Tensor:
+    """The definition: per encoded gene its one-hot block, all-zero when the gene's slot is skipped."""
+    active = loop_active(space, population)
+    rows = []
+    for row, arch in enumerate(population.tolist()):
+        features = []
+        for i in space.encoded_genes:
+            gene = space.genes[i]
+            block = [0.0] * len(gene.choices)
+            if gene.slot is None or active[row, gene.slot]:
+                block[arch[i]] = 1.0
+            features += block
+        rows.append(features)
+    return torch.tensor(rows).reshape(len(population), -1)
+
+
+@pytest.mark.parametrize("space", [SPACE, odd_space()], ids=["mbv3", "odd"])
+def test_active_canonical_and_onehot_match_their_definitions(space):
+    population = space.sample(400, torch.Generator().manual_seed(3))
+    active = loop_active(space, population)
+    assert torch.equal(space.active(population), active)
+    gated = [i for i, g in enumerate(space.genes) if g.slot is not None]
+    expected = population.clone()
+    for i in gated:
+        expected[~active[:, space.genes[i].slot], i] = 0
+    assert torch.equal(space.canonical(population), expected)
+    features = space.onehot(population)
+    assert features.dtype == torch.float32 and features.shape == (400, space.onehot_dim)
+    assert torch.equal(features, loop_onehot(space, population))
+    assert torch.equal(space.onehot(space.canonical(population)), features)  # skipped genes do not matter
+
+
+def test_odd_space_structure():
+    space = odd_space()
+    # d[1] is implied by which of its gated slots are zero; d[0] gates a gene-less slot and d[2]
+    # gates nothing, so both are encoded.
+    assert space.encoded_genes == [0, 1, 3, 4, 5, *range(6, 14)]
+    assert space.onehot_dim == 3 + 2 + 1 + 2 + 3 + (2 + 2 + 2 + 3) + 3 * 4
+    row = torch.tensor([[2, 0, 0, 0, 1, 2, 1, 1, 1, 2, 2, 2, 2, 2]])
+    assert space.active(row).tolist() == [[False, True, False, False, True]]
+    assert space.canonical(row).tolist() == [[2, 0, 0, 0, 1, 2, 1, 0, 0, 2, 2, 0, 0, 2]]
+
+
+def reference_mutate(space, population, generator, prob):
+    """Mutation as it was specified: per gene group one uniform draw against its kind's rate, then
+    fresh uniform samples for the whole population, kept where the group was hit."""
+    prob = {**DEFAULT_MUTATION, **prob}
+    groups = torch.tensor([g.group for g in space.genes])
+    rates = torch.zeros(int(groups.max()) + 1, dtype=torch.float64)
+    for g in space.genes:
+        rates[g.group] = prob[g.kind]
+    hit = torch.rand(len(population), len(rates), generator=generator, dtype=torch.float64) < rates
+    n_choices = torch.tensor([len(g.choices) for g in space.genes], dtype=torch.float64)
+    u = torch.rand(len(population), space.n_genes, generator=generator, dtype=torch.float64)
+    return torch.where(hit[:, groups], (u * n_choices).long(), population)
+
+
+@pytest.mark.parametrize("space", [SPACE, odd_space()], ids=["mbv3", "odd"])
+@pytest.mark.parametrize("prob", [{}, {"block": 0.5, "width": 0.9}, {"resolution": 0.0, "depth": 1.0}])
+def test_mutation_draws_the_specified_stream(space, prob):
+    """Same generator state in, same population out as the specification (searches stay reproducible)."""
+    population = space.sample(300, torch.Generator().manual_seed(5))
+    ours = space.mutate(population, torch.Generator().manual_seed(6), prob=prob)
+    assert torch.equal(ours, reference_mutate(space, population, torch.Generator().manual_seed(6), prob))
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(10, space.n_genes, generator=g, dtype=torch.float64)
+    limits = torch.tensor([len(gene.choices) for gene in space.genes], dtype=torch.float64)
+    assert torch.equal(space.sample(10, torch.Generator().manual_seed(7)), (u * limits).long())
+
+
+def test_mutation_rates_are_checked():
+    assert SPACE.mutation_rates().tolist()[:2] == [DEFAULT_MUTATION["resolution"], DEFAULT_MUTATION["depth"]]
+    with pytest.raises(ArchError, match=r"unknown gene kinds \['kernel'\]; kinds are \['block', 'depth'"):
+        SPACE.mutate(SPACE.sample(2), prob={"kernel": 0.2})
+    with pytest.raises(ArchError, match=r"\{'block': 1.5\} are not in \[0, 1\]"):
+        SPACE.mutation_rates({"block": 1.5})
 
 
 def test_population_errors():

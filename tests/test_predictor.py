@@ -13,7 +13,6 @@ from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import (
     AccuracyDataset,
     AccuracyPredictor,
-    OneHot,
     collect_accuracy_dataset,
     fit_predictor,
     unique_samples,
@@ -52,14 +51,6 @@ def synthetic(space, population):
     weights = 0.01 * torch.randn(space.onehot_dim, generator=torch.Generator().manual_seed(7))
     x = space.onehot(population)
     return 0.8 + x @ weights + 0.01 * x[:, 0] * x[:, 5]
-
-
-def test_onehot_matches_space(space):
-    population = space.sample(300, torch.Generator().manual_seed(0))
-    encoder = OneHot(space)
-    assert torch.equal(encoder(population), space.onehot(population))
-    assert torch.equal(encoder.active(population), space.active(population))
-    assert encoder.dim == space.onehot_dim
 
 
 def test_mlp_shape_and_base_acc(space):

@@ -7,16 +7,10 @@ import pytest
 import torch
 
 from onceforall import OFAMobileNetV3
-from onceforall.errors import SearchError
+from onceforall.errors import ArchError, SearchError
 from onceforall.specialize import LayerTable, count_macs
 from onceforall.specialize.latency import torch_threads
-from onceforall.specialize.search import (
-    FastTable,
-    Operators,
-    evolution_search,
-    nsga2_search,
-    random_search,
-)
+from onceforall.specialize.search import evolution_search, nsga2_search, random_search
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,26 +61,25 @@ def budget(space, macs):
     return macs(space.sample(2000, torch.Generator().manual_seed(1))).quantile(0.3).item()
 
 
-def test_fast_table_equals_layer_table(space, macs):
-    population = space.sample(500, torch.Generator().manual_seed(2))
-    assert torch.equal(FastTable(macs)(population), macs(population))
-
-
-def test_operators(space):
-    g = torch.Generator().manual_seed(0)
-    population = space.sample(200, g)
-    assert torch.equal(
-        Operators(space, dict.fromkeys(("block", "depth", "resolution"), 0.0)).mutate(population, g),
-        population,
-    )
-    blocks_only = Operators(space, {"block": 1.0, "depth": 0.0, "resolution": 0.0}).mutate(population, g)
-    kinds = [gene.kind for gene in space.genes]
-    fixed = [i for i, kind in enumerate(kinds) if kind != "block"]
-    assert torch.equal(blocks_only[:, fixed], population[:, fixed])
-    assert (blocks_only != population).any()
-    other = space.sample(200, g)
-    child = Operators(space).crossover(population, other, g)
-    assert ((child == population) | (child == other)).all()
+def test_layer_table_is_the_sum_over_the_layers_that_run(space):
+    """Against the definition, one arch and one layer at a time (integer MACs: float64 sums are exact)."""
+    table = LayerTable(space, lambda spec: spec.macs, overhead=7.0)
+    population = space.sample(300, torch.Generator().manual_seed(2))
+    active = space.active(population)
+    expected = []
+    for row, arch in enumerate(population.tolist()):
+        total = 7.0
+        for site in space.sites:
+            if site.slot is None or active[row, site.slot]:
+                total += site.spec(*(space.genes[g].choices[arch[g]] for g in site.genes)).macs
+        expected.append(total)
+    assert torch.equal(table(population), torch.tensor(expected, dtype=torch.float64))
+    assert torch.equal(table(space.decode(population[:5])), table(population[:5]))
+    assert torch.equal(table(space.canonical(population)), table(population))
+    with pytest.raises(ArchError, match=f"has 3 genes; space .* has {space.n_genes}"):
+        table(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ArchError, match="outside their gene's range"):
+        table(torch.full((1, space.n_genes), 9))
 
 
 def test_evolution_respects_the_budget_and_is_deterministic(space, accuracy, macs, budget):

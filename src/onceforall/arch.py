@@ -12,6 +12,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,7 @@ class SearchSpace:
             raise ArchError(
                 f"population has {population.shape[1]} genes; space {self.name!r} has {self.n_genes}"
             )
-        limits = torch.tensor([len(g.choices) for g in self.genes], device=population.device)
+        limits = self._tables.limits.to(population.device)
         if population.numel() and ((population < 0) | (population >= limits)).any():
             raise ArchError("population holds choice indices outside their gene's range")
         return population.long()
@@ -272,11 +273,16 @@ class SearchSpace:
         return self.validate(Arch(**{**arch.__dict__, "image_size": image_size}))
 
     # ----------------------------------------------------------------- population operators
+    @cached_property
+    def _tables(self) -> _Tables:
+        # Built once per space: searches call the operators thousands of times on small batches,
+        # where rebuilding these index tensors per call would cost more than the operation.
+        return _Tables(self)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` archs drawn uniformly per gene."""
-        n_choices = torch.tensor([len(g.choices) for g in self.genes], dtype=torch.float64)
         u = torch.rand(n, self.n_genes, generator=generator, dtype=torch.float64)
-        return (u * n_choices).long()
+        return (u * self._tables.n_choices).long()
 
     def mutate(
         self,
@@ -284,61 +290,74 @@ class SearchSpace:
         generator: torch.Generator | None = None,
         prob: dict[str, float] | None = None,
     ) -> torch.Tensor:
-        """Resample each gene group with its kind's probability (a block's kernel and expand together)."""
-        population = self._check(population)
+        """Resample each gene group with its kind's probability (a block's kernel and expand together).
+
+        `prob` overrides `DEFAULT_MUTATION` per kind (resolution, depth, block, width).
+        """
+        return self._mutate(self._check(population), generator, self.mutation_rates(prob))
+
+    def mutation_rates(self, prob: dict[str, float] | None = None) -> torch.Tensor:
+        """Float64 [n_groups]: each gene group's resampling probability under `prob` (see `mutate`)."""
+        tables = self._tables
         prob = {**DEFAULT_MUTATION, **(prob or {})}
-        groups = torch.tensor([g.group for g in self.genes])
-        n_groups = int(groups.max()) + 1
-        group_prob = torch.zeros(n_groups, dtype=torch.float64)
-        for g in self.genes:
-            group_prob[g.group] = prob[g.kind]
-        hit = torch.rand(len(population), n_groups, generator=generator, dtype=torch.float64) < group_prob
+        unknown = sorted(set(prob) - set(DEFAULT_MUTATION))
+        if unknown:
+            raise ArchError(
+                f"mutation probabilities for unknown gene kinds {unknown}; kinds are {sorted(DEFAULT_MUTATION)}"
+            )
+        bad = {k: v for k, v in prob.items() if not 0 <= v <= 1}
+        if bad:
+            raise ArchError(f"mutation probabilities {bad} are not in [0, 1]")
+        return torch.tensor([prob[kind] for kind in tables.group_kinds], dtype=torch.float64)
+
+    def _mutate(
+        self, population: torch.Tensor, generator: torch.Generator | None, rates: torch.Tensor
+    ) -> torch.Tensor:
+        tables = self._tables
+        hit = torch.rand(len(population), len(rates), generator=generator, dtype=torch.float64) < rates
         fresh = self.sample(len(population), generator)
-        return torch.where(hit[:, groups], fresh, population)
+        return torch.where(hit[:, tables.groups], fresh, population)
 
     def crossover(
         self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Each gene copied from one of two parents chosen uniformly."""
-        a, b = self._check(a), self._check(b)
+        return self._crossover(self._check(a), self._check(b), generator)
+
+    @staticmethod
+    def _crossover(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         pick_a = torch.rand(a.shape, generator=generator, dtype=torch.float64) < 0.5
         return torch.where(pick_a, a, b)
 
     # ----------------------------------------------------------------- structure
     def active(self, population: torch.Tensor) -> torch.Tensor:
         """Bool [N, n_slots]: which block slots run in each arch."""
-        population = self._check(population)
-        active = torch.ones(len(population), self.n_slots, dtype=torch.bool)
-        for stage in self.stages:
-            choices = torch.tensor(self.genes[stage.depth_gene].choices)
-            depth = choices[population[:, stage.depth_gene]] + stage.base
-            for position, slot in enumerate(stage.slots):
-                active[:, slot] = position < depth
-        return active
+        return self._active(self._check(population))
+
+    def _active(self, population: torch.Tensor) -> torch.Tensor:
+        tables = self._tables
+        return tables.alive[tables.alive_offset + population[:, tables.slot_depth_gene]]
 
     def canonical(self, population: torch.Tensor) -> torch.Tensor:
         """Zero the genes of skipped blocks, so equal subnets have equal rows."""
-        population = self._check(population)
-        slots = torch.tensor([-1 if g.slot is None else g.slot for g in self.genes])
-        gated = slots >= 0
+        return self._canonical(self._check(population))
+
+    def _canonical(self, population: torch.Tensor) -> torch.Tensor:
+        tables = self._tables
         keep = torch.ones_like(population, dtype=torch.bool)
-        keep[:, gated] = self.active(population)[:, slots[gated]]
+        keep[:, tables.slotted] = self._active(population)[:, tables.gene_slot]
         return population * keep
 
     def onehot(self, population: torch.Tensor) -> torch.Tensor:
         """Predictor features: one-hot per gene, skipped blocks all-zero, implied depths omitted."""
-        population = self._check(population)
-        encoded = self.encoded_genes
-        widths = torch.tensor([len(self.genes[i].choices) for i in encoded])
-        offsets = torch.cumsum(widths, 0) - widths
-        out = torch.zeros(len(population), int(widths.sum()))
-        active = self.active(population).float()
-        gate = torch.ones(len(population), len(encoded))
-        for column, i in enumerate(encoded):
-            if self.genes[i].slot is not None:
-                gate[:, column] = active[:, self.genes[i].slot]
-        out.scatter_(1, offsets + population[:, encoded], gate)
-        return out
+        return self._onehot(self._check(population))
+
+    def _onehot(self, population: torch.Tensor) -> torch.Tensor:
+        tables = self._tables
+        gate = torch.ones(len(population), len(tables.encoded))
+        gate[:, tables.encoded_slotted] = self._active(population)[:, tables.encoded_slot].float()
+        out = torch.zeros(len(population), tables.onehot_dim)
+        return out.scatter_(1, tables.onehot_offsets + population[:, tables.encoded], gate)
 
     @property
     def encoded_genes(self) -> list[int]:
@@ -349,7 +368,7 @@ class SearchSpace:
     @property
     def onehot_dim(self) -> int:
         """Width of `onehot` features."""
-        return sum(len(self.genes[i].choices) for i in self.encoded_genes)
+        return self._tables.onehot_dim
 
     def count(self, include_resolution: bool = False) -> int:
         """Exact number of distinct subnets (skipped blocks' choices do not count)."""
@@ -370,3 +389,42 @@ class SearchSpace:
                 per_depth += math.prod(slot_choices[s] for s in stage.slots[:n_active])
             total *= per_depth
         return total
+
+
+class _Tables:
+    """Index tensors of one space that its population operators gather from (see `SearchSpace._tables`)."""
+
+    def __init__(self, space: SearchSpace):
+        genes = space.genes
+        self.limits = torch.tensor([len(g.choices) for g in genes])
+        self.n_choices = self.limits.double()
+        self.groups = torch.tensor([g.group for g in genes])
+        kinds: dict[int, str] = {}
+        for g in genes:
+            if kinds.setdefault(g.group, g.kind) != g.kind:
+                raise ArchError(f"gene group {g.group} mixes kinds {kinds[g.group]!r} and {g.kind!r}")
+        # A group number no gene uses never mutates anything; its kind only has to be a valid key.
+        self.group_kinds = [kinds.get(i, "block") for i in range(int(self.groups.max()) + 1)]
+        # alive[slot * width + c]: whether block slot `slot` runs when its stage's depth gene has
+        # choice c. A slot in no stage always runs: it reads its row at gene 0's choice, all True.
+        width = int(self.limits.max())
+        alive = torch.ones(space.n_slots, width, dtype=torch.bool)
+        self.slot_depth_gene = torch.zeros(space.n_slots, dtype=torch.long)
+        for stage in space.stages:
+            depths = torch.tensor(genes[stage.depth_gene].choices) + stage.base
+            for position, slot in enumerate(stage.slots):
+                self.slot_depth_gene[slot] = stage.depth_gene
+                alive[slot, : len(depths)] = position < depths
+        self.alive = alive.flatten()
+        self.alive_offset = torch.arange(space.n_slots) * width
+        slots = [g.slot for g in genes]
+        self.slotted = torch.tensor([s is not None for s in slots], dtype=torch.bool)
+        self.gene_slot = torch.tensor([s for s in slots if s is not None], dtype=torch.long)
+        encoded = space.encoded_genes
+        self.encoded = torch.tensor(encoded, dtype=torch.long)
+        widths = self.limits[self.encoded]
+        self.onehot_offsets = torch.cumsum(widths, 0) - widths
+        self.onehot_dim = int(widths.sum())
+        encoded_slots = [genes[i].slot for i in encoded]
+        self.encoded_slotted = torch.tensor([s is not None for s in encoded_slots], dtype=torch.bool)
+        self.encoded_slot = torch.tensor([s for s in encoded_slots if s is not None], dtype=torch.long)

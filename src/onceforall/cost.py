@@ -28,7 +28,13 @@ def distinct_specs(space: SearchSpace) -> list[LayerSpec]:
 
 
 class LayerTable:
-    """cost(arch) = overhead + sum over its layers of value(layer), batched over populations."""
+    """cost(arch) = overhead + sum over its layers of value(layer), batched over populations.
+
+    Layer values sit in one flat tensor, each site's variants in row-major order of its genes'
+    choices. A population's row indices come from one small float64 matmul (exact: the indices
+    are far below 2**53) and the skipped blocks' layers are zeroed by one gather of the space's
+    active slots, so a call costs a handful of tensor operations whatever the space.
+    """
 
     def __init__(
         self,
@@ -40,34 +46,34 @@ class LayerTable:
         if not space.sites:
             raise ValueError(f"space {space.name!r} describes no layers; build it from a supernet")
         self.space, self.overhead = space, overhead
-        width = max(len(site.genes) for site in space.sites) or 1
         n_sites = len(space.sites)
-        self.genes = torch.zeros(n_sites, width, dtype=torch.long)
-        self.strides = torch.zeros(n_sites, width, dtype=torch.long)
-        self.offsets = torch.zeros(n_sites, dtype=torch.long)
-        self.gates = torch.full((n_sites,), space.n_slots, dtype=torch.long)  # n_slots = always on
+        self.index = torch.zeros(space.n_genes, n_sites, dtype=torch.float64)
+        offsets = torch.zeros(n_sites, dtype=torch.float64)
+        gates: list[int | None] = []
         values: list[float] = []
         for index, site in enumerate(space.sites):
-            sizes = [len(space.genes[g].choices) for g in site.genes]
             stride = 1
-            for j in reversed(range(len(sizes))):
-                self.genes[index, j], self.strides[index, j] = site.genes[j], stride
-                stride *= sizes[j]
-            self.offsets[index] = len(values)
-            if site.slot is not None:
-                self.gates[index] = site.slot
+            for gene in reversed(site.genes):
+                self.index[gene, index] += stride
+                stride *= len(space.genes[gene].choices)
+            offsets[index] = len(values)
+            gates.append(site.slot)
             values.extend(value(spec) for spec in site_variants(space, index))
+        self.offsets = offsets
         self.values = torch.tensor(values, dtype=dtype)
+        self.gated = torch.tensor([slot is not None for slot in gates], dtype=torch.bool)
+        self.slots = torch.tensor([slot for slot in gates if slot is not None], dtype=torch.long)
 
     def __call__(self, archs: torch.Tensor | Arch | Sequence[Arch]) -> torch.Tensor:
         """Cost of each arch of a population tensor (or of Arch objects) as a 1-D tensor."""
         population = archs if isinstance(archs, torch.Tensor) else self.space.encode(archs)
-        population = self.space._check(population).cpu()
-        flat = self.offsets + (population[:, self.genes] * self.strides).sum(-1)
-        active = torch.cat(
-            [self.space.active(population), torch.ones(len(population), 1, dtype=torch.bool)], 1
-        )
-        return (self.values[flat] * active[:, self.gates]).sum(1) + self.overhead
+        return self._cost(self.space._check(population).cpu())
+
+    def _cost(self, population: torch.Tensor) -> torch.Tensor:
+        flat = (population.double() @ self.index + self.offsets).long()
+        values = self.values[flat]
+        values[:, self.gated] *= self.space._active(population)[:, self.slots]
+        return values.sum(1) + self.overhead
 
 
 def count_macs(space: SearchSpace, archs: torch.Tensor | Arch | Sequence[Arch]) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from onceforall.arch import Arch, SearchSpace
-from onceforall.errors import ArchError, PredictorError
+from onceforall.errors import PredictorError
 from onceforall.io import save_atomic
 from onceforall.specialize.latency import progress_bar, torch_threads
 
@@ -42,52 +42,9 @@ def encoding_signature(space: SearchSpace) -> dict[str, Any]:
     """What a predictor's input layout depends on: the encoding version, its width and every gene."""
     return {
         "version": ENCODING_VERSION,
-        "dim": OneHot(space).dim,
+        "dim": space.onehot_dim,
         "genes": [[g.label, [float(c) for c in g.choices]] for g in space.genes],
     }
-
-
-class OneHot:
-    """`space.onehot` with its index tables precomputed (fast for the many calls of a search)."""
-
-    def __init__(self, space: SearchSpace):
-        self.space = space
-        self.encoded = torch.tensor(space.encoded_genes, dtype=torch.long)
-        widths = torch.tensor([len(space.genes[i].choices) for i in self.encoded.tolist()])
-        self.offsets = torch.cumsum(widths, 0) - widths
-        self.dim = int(widths.sum())
-        self.limits = torch.tensor([len(g.choices) for g in space.genes])
-        # alive[slot, c]: whether block slot `slot` runs when its stage's depth gene has choice c
-        # (a slot in no stage always runs; rows are as wide as any gene so every index fits).
-        width = max(len(g.choices) for g in space.genes)
-        alive = torch.ones(space.n_slots, width, dtype=torch.bool)
-        self.slot_depth_gene = torch.zeros(space.n_slots, dtype=torch.long)
-        for stage in space.stages:
-            depths = torch.tensor(space.genes[stage.depth_gene].choices) + stage.base
-            for position, slot in enumerate(stage.slots):
-                self.slot_depth_gene[slot] = stage.depth_gene
-                alive[slot, : len(depths)] = position < depths
-        self.alive = alive.flatten()
-        self.alive_offset = torch.arange(space.n_slots) * width
-        slots = [space.genes[i].slot for i in self.encoded.tolist()]
-        self.gated = torch.tensor([s is not None for s in slots])
-        self.gate_slot = torch.tensor([s if s is not None else 0 for s in slots], dtype=torch.long)
-
-    def active(self, population: torch.Tensor) -> torch.Tensor:
-        """Bool [N, n_slots], as `SearchSpace.active` (one gather)."""
-        return self.alive[self.alive_offset + population[:, self.slot_depth_gene]]
-
-    def __call__(self, population: torch.Tensor) -> torch.Tensor:
-        if population.dim() != 2 or population.shape[1] != len(self.limits):
-            raise ArchError(
-                f"a population must be [N, {len(self.limits)}] choice indices for space {self.space.name!r}"
-            )
-        if population.numel() and ((population < 0) | (population >= self.limits)).any():
-            raise ArchError("population holds choice indices outside their gene's range")
-        gate = torch.ones(len(population), len(self.encoded))
-        gate[:, self.gated] = self.active(population)[:, self.gate_slot[self.gated]].float()
-        out = torch.zeros(len(population), self.dim)
-        return out.scatter_(1, self.offsets + population[:, self.encoded], gate)
 
 
 # --------------------------------------------------------------------------- the predictor
@@ -112,7 +69,7 @@ class AccuracyPredictor(nn.Module):
         layers.append(nn.Linear(hidden_size, 1, bias=False))
         self.layers = nn.Sequential(*layers)
         self.register_buffer("base_acc", torch.zeros(1))
-        self._encoders: dict[int, OneHot] = {}
+        self._checked: dict[int, SearchSpace] = {}  # spaces `check` accepted, by id
         self.metrics: dict | None = None
 
     @classmethod
@@ -144,13 +101,14 @@ class AccuracyPredictor(nn.Module):
     @torch.no_grad()
     def predict(self, space: SearchSpace, population: torch.Tensor | Arch | Sequence[Arch]) -> torch.Tensor:
         """Predicted accuracy (fraction) of every arch of a population, in one call."""
-        encoder = self._encoders.get(id(space))
-        if encoder is None or encoder.space is not space:
+        # A search predicts every generation: check the space once, not per call (the stored
+        # object, not only its id, must match: ids are reused once a space is freed).
+        if self._checked.get(id(space)) is not space:
             self.check(space)
-            encoder = self._encoders[id(space)] = OneHot(space)
+            self._checked[id(space)] = space
         if not isinstance(population, torch.Tensor):
             population = space.encode(population)
-        return self(encoder(population.cpu().long()))
+        return self(space.onehot(population.cpu().long()))
 
     def bind(self, space: SearchSpace) -> Callable[[torch.Tensor], torch.Tensor]:
         """`population -> predicted accuracy` for `space` (what the searches take)."""
@@ -318,7 +276,7 @@ def _fit(
         raise PredictorError(f"holdout must be in [0, 1), got {holdout}")
     start = time.perf_counter()
     train, test = split(len(population), holdout, seed)
-    features = OneHot(space)(population)
+    features = space.onehot(population)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AccuracyPredictor.for_space(space, hidden_size, n_layers)

@@ -16,78 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from onceforall.arch import Arch, SearchSpace
-from onceforall.cost import LayerTable
 from onceforall.errors import SearchError
 from onceforall.specialize.latency import torch_threads
-from onceforall.specialize.predictor import OneHot
 
 PopulationFn = Callable[[torch.Tensor], torch.Tensor]
-DEFAULT_MUTATION = {"block": 0.1, "depth": 0.1, "resolution": 0.5, "width": 0.1}
-
-
-# --------------------------------------------------------------------------- operators
-class Operators:
-    """Sampling, mutation and crossover of populations with the space's tables precomputed.
-
-    Same semantics as `SearchSpace.sample/mutate/crossover`: uniform per gene; a mutation resamples
-    each gene group (a block's kernel and expand ratio together) with its kind's probability.
-    """
-
-    def __init__(self, space: SearchSpace, mutate_prob: dict[str, float] | None = None):
-        self.space = space
-        prob = {**DEFAULT_MUTATION, **(mutate_prob or {})}
-        self.n_choices = torch.tensor([len(g.choices) for g in space.genes], dtype=torch.float64)
-        self.groups = torch.tensor([g.group for g in space.genes], dtype=torch.long)
-        group_prob = torch.zeros(int(self.groups.max()) + 1, dtype=torch.float64)
-        for g in space.genes:
-            group_prob[g.group] = prob[g.kind]
-        self.group_prob = group_prob
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        u = torch.rand(n, len(self.n_choices), generator=generator, dtype=torch.float64)
-        return (u * self.n_choices).long()
-
-    def mutate(self, population: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        n = len(population)
-        hit = torch.rand(n, len(self.group_prob), generator=generator, dtype=torch.float64) < self.group_prob
-        return torch.where(hit[:, self.groups], self.sample(n, generator), population)
-
-    def crossover(self, a: torch.Tensor, b: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        pick_a = torch.rand(a.shape, generator=generator, dtype=torch.float64) < 0.5
-        return torch.where(pick_a, a, b)
-
-
-class FastTable:
-    """A LayerTable's value for trusted populations, without per-call checks (the same numbers).
-
-    Searches call their efficiency model once or twice per generation on rows they generated
-    themselves; this skips the input validation, computes every site's row index with one small
-    matmul (exact in float64) and the active blocks with one gather.
-    """
-
-    def __init__(self, table: LayerTable):
-        self.table, self.space = table, table.space
-        self.active = OneHot(table.space).active
-        n_sites = len(table.offsets)
-        index = torch.zeros(table.space.n_genes, n_sites, dtype=torch.float64)
-        for site in range(n_sites):
-            for gene, stride in zip(table.genes[site].tolist(), table.strides[site].tolist()):
-                index[gene, site] += stride  # padding entries have stride 0
-        self.index, self.offsets = index, table.offsets.double()
-        slots = table.gates.clone()
-        self.gated = slots < table.space.n_slots  # sites of a block that may be skipped
-        self.slots = slots[self.gated]
-
-    def __call__(self, population: torch.Tensor) -> torch.Tensor:
-        flat = (population.double() @ self.index + self.offsets).long()
-        values = self.table.values[flat]
-        values[:, self.gated] *= self.active(population)[:, self.slots]
-        return values.sum(1) + self.table.overhead
-
-
-def fast(model: PopulationFn) -> PopulationFn:
-    """`FastTable(model)` for a LayerTable, `model` itself otherwise."""
-    return FastTable(model) if isinstance(model, LayerTable) else model
 
 
 def _feasible(efficiency: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -247,8 +179,7 @@ def evolution_search(
     start = time.perf_counter()
     budget_t = _budget(budget)
     generator = torch.Generator().manual_seed(seed)
-    ops = Operators(space, mutate_prob)
-    efficiency = fast(efficiency)
+    rates = space.mutation_rates(mutate_prob)
     n_parents = max(1, round(parent_ratio * population_size))
     n_mutants = round(mutation_ratio * population_size)
     need = (n_mutants, population_size - n_mutants)
@@ -256,7 +187,7 @@ def evolution_search(
     with torch_threads(1), torch.inference_mode():
         check_budget(space, efficiency, budget_t, unit)
         population, eff, evaluated = _initial(
-            space, ops, efficiency, budget_t, population_size, oversample, max_tries, generator
+            space, efficiency, budget_t, population_size, oversample, max_tries, generator
         )
         acc = accuracy(population).float()
         history = []
@@ -265,7 +196,7 @@ def evolution_search(
             parents, parent_acc, parent_eff = population[top], acc[top], eff[top]
             history.append(max(history[-1] if history else -math.inf, float(parent_acc[0])))
             children, child_eff, n_eval = _children(
-                ops, parents, efficiency, budget_t, need, rate, max_tries, generator
+                space, rates, parents, efficiency, budget_t, need, rate, max_tries, generator
             )
             evaluated += n_eval
             population = torch.cat([parents, children])
@@ -275,10 +206,12 @@ def evolution_search(
     return _result(space, population, acc, eff, history, budget_t.tolist(), start, evaluated, "evolution")
 
 
-def _initial(space, ops, efficiency, budget, n, oversample, max_tries, generator):
+def _initial(space, efficiency, budget, n, oversample, max_tries, generator):
     """`n` random feasible archs; if random draws rarely fit, the rest are the smallest feasible archs."""
     batch = math.ceil(n * oversample)
-    population, eff, evaluated = _fill(lambda: ops.sample(batch, generator), efficiency, budget, n, max_tries)
+    population, eff, evaluated = _fill(
+        lambda: space.sample(batch, generator), efficiency, budget, n, max_tries
+    )
     if len(population) < n:
         values, archs = smallest(space, efficiency)
         ok = _feasible(values, budget)
@@ -288,7 +221,7 @@ def _initial(space, ops, efficiency, budget, n, oversample, max_tries, generator
     return population, eff, evaluated
 
 
-def _children(ops, parents, efficiency, budget, need, rate, max_tries, generator):
+def _children(space, rates, parents, efficiency, budget, need, rate, max_tries, generator):
     """Mutants and crossover children that meet the budget; updates the acceptance rate `rate[0]`.
 
     As in the original, each child slot first picks its parent (or two), then its mutation
@@ -314,8 +247,8 @@ def _children(ops, parents, efficiency, budget, need, rate, max_tries, generator
         a = parents[first[slots]]
         candidates = torch.cat(
             [
-                ops.mutate(a[:split], generator),
-                ops.crossover(a[split:], parents[second[slots[split:] - n_m]], generator),
+                space._mutate(a[:split], generator, rates),
+                space._crossover(a[split:], parents[second[slots[split:] - n_m]], generator),
             ]
         )
         eff = efficiency(candidates)
@@ -352,15 +285,13 @@ def random_search(
     start = time.perf_counter()
     budget_t = _budget(budget)
     generator = torch.Generator().manual_seed(seed)
-    ops = Operators(space)
-    efficiency = fast(efficiency)
     with torch_threads(1), torch.inference_mode():
         check_budget(space, efficiency, budget_t, unit)
         best_pop = torch.zeros(0, space.n_genes, dtype=torch.long)
         best_acc, best_eff = torch.zeros(0), None
         history, drawn = [], 0
         while drawn < n:
-            candidates = ops.sample(min(batch_size, n - drawn), generator)
+            candidates = space.sample(min(batch_size, n - drawn), generator)
             drawn += len(candidates)
             eff = efficiency(candidates)
             ok = _feasible(eff, budget_t)
@@ -445,9 +376,8 @@ def nsga2_search(
         raise SearchError("NSGA-II needs at least one efficiency objective besides accuracy")
     start = time.perf_counter()
     names = list(objectives)
-    objectives = {k: fast(v) for k, v in objectives.items()}
     generator = torch.Generator().manual_seed(seed)
-    ops = Operators(space, mutate_prob)
+    rates = space.mutation_rates(mutate_prob)
     counter = {"evaluated": 0}
 
     def as_population(x) -> torch.Tensor:
@@ -467,7 +397,7 @@ def nsga2_search(
 
     class ArchSampling(Sampling):
         def _do(self, problem, n_samples, **kwargs):
-            return space.canonical(ops.sample(n_samples, generator)).numpy()
+            return space.canonical(space.sample(n_samples, generator)).numpy()
 
     class ArchCrossover(Crossover):
         def __init__(self):
@@ -481,7 +411,7 @@ def nsga2_search(
 
     class ArchMutation(Mutation):
         def _do(self, problem, x, **kwargs):
-            return space.canonical(ops.mutate(as_population(x), generator)).numpy()
+            return space.canonical(space._mutate(as_population(x), generator, rates)).numpy()
 
     with torch_threads(1), torch.inference_mode():
         largest = space.encode([space.max_arch(r) for r in space.resolutions])
