@@ -23,6 +23,7 @@ from onceforall.spaces.common import load_checked
 SUPERNET_FORMAT = "onceforall.supernet"
 STATE_FORMAT = "onceforall.train-state"
 
+
 def read_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     """`torch.load(weights_only=True)` of a dict, with one clear error for missing or foreign files."""
     path = Path(path)
@@ -31,10 +32,13 @@ def read_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, or holding arbitrary objects
+        detail = str(err).splitlines()[0] if str(err) else "no detail"
+        if detail.startswith("Weights only load failed"):
+            # torch's advice (weights_only=False) would run code from the file: never give it.
+            detail = "it is not a PyTorch file, or it holds objects other than tensors and plain containers"
         raise CheckpointError(
-            f"cannot read {what} {path} with weights_only=True ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); is it a PyTorch checkpoint, "
-            "and was it copied whole?"
+            f"cannot read {what} {path} with weights_only=True ({type(err).__name__}: {detail[:300]}); "
+            "is it a PyTorch checkpoint, and was it copied whole?"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{what} {path} holds a {type(data).__name__}, not a dict")
@@ -56,6 +60,17 @@ def state_dict_of(checkpoint: str | Path | Mapping) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN or infinite weights (a diverged run, a damaged copy): they evaluate at chance, silently."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{where} holds non-finite values in tensor {key!r} ({bad} of {tensor.numel()} NaN or inf); "
+                "the file is damaged or comes from a diverged run: use an earlier checkpoint"
+            )
+
+
 def describe(net: nn.Module) -> str:
     space = getattr(net, "search_space", None)
     return f"{type(net).__name__} ({space().name})" if callable(space) else type(net).__name__
@@ -71,6 +86,7 @@ def load_official(
     message (the likely cause, as the caller knows it; computed only when there is an error).
     """
     state = state_dict_of(checkpoint)
+    check_finite(state, "the checkpoint")
     own = nn.Module.state_dict(net)
     mapping = map_official_keys(state, set(own))
     unknown = [k for k in state if k not in mapping]

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -324,7 +326,8 @@ class LatencyTable:
             raise LatencyTableError(f"{path} is not a latency table (no header line)")
         if bad:
             raise LatencyTableError(
-                f"{path}: malformed lines {bad[:5]}; run the build again to re-measure them (it resumes)"
+                f"{path}: malformed lines {bad[:5]}{' ...' if len(bad) > 5 else ''}; run `ofa latency build` "
+                "again with the same --out and settings: it drops those lines and re-measures them"
             )
         if expect:
             table.check(expect)
@@ -400,8 +403,18 @@ class LatencyTable:
         return sum(layers[spec_key(s)] - call_overhead_ms for s in specs)
 
 
+def _time(value: Any) -> float:
+    """A measured time (ms): a finite number >= 0, else ValueError (the line counts as malformed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{value!r} is not a time in ms")
+    return float(value)
+
+
 def _timing(record: dict) -> Timing:
-    return Timing(record["median_ms"], record["p10_ms"], record["p90_ms"], record["repeats"])
+    repeats = record["repeats"]
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats {repeats!r} is not a positive count")
+    return Timing(*(_time(record[k]) for k in ("median_ms", "p10_ms", "p90_ms")), repeats)
 
 
 def _read(path: Path) -> tuple[LatencyTable | None, list[int]]:
@@ -437,7 +450,9 @@ def _add(table: LatencyTable, kind: str, record: dict) -> bool:
             table.rounds.setdefault(record["key"], {})[int(record["round"])] = _timing(record)
             table.specs[record["key"]] = record["spec"]
         elif kind == "calibration":
-            values = (float(record[k]) for k in ("call_overhead_ms", "scale", "overhead_ms"))
+            values = [float(record[k]) for k in ("call_overhead_ms", "scale", "overhead_ms")]
+            if not all(math.isfinite(v) for v in values) or values[1] <= 0:
+                return False
             table.calibration = Calibration(*values, record["subnets"])
         else:
             return False
@@ -478,12 +493,41 @@ def progress_bar(enabled: bool = True):
     return Progress(*columns, disable=not enabled, console=Console(stderr=True))
 
 
+def refuse_foreign(path: Path) -> None:
+    """Refuse to append to or replace a file that is not a latency table (notes, an accuracy dataset...)."""
+    if path.exists() and not path.is_file():
+        raise LatencyTableError(f"{path} is a folder, not a latency table file; give a file path as --out")
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with open(path, "rb") as handle:
+        first = handle.readline(1 << 16)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and record.get("type") == "header" and record.get("format") == FORMAT):
+        raise LatencyTableError(
+            f"{path} exists and is not a latency table (its first line is not a {FORMAT} header); "
+            "it is left untouched: give another --out"
+        )
+
+
 def _open_table(path: Path, meta: dict) -> LatencyTable:
-    """The table at `path` to resume (its settings must match), or a new file with its header."""
+    """The table at `path` to resume (its settings must match), or a new file with its header.
+
+    Lines that do not parse (a disk error, an edit) are dropped from the file, so that the build
+    measures them again: the repair `LatencyTable.load`'s error asks for.
+    """
+    refuse_foreign(path)
     table = None
     if path.is_file() and path.stat().st_size:
         _repair_tail(path)
-        table, _ = _read(path)
+        table, bad = _read(path)
+        if table is not None and bad:
+            table.check({k: v for k, v in meta.items() if k != "created"})
+            _drop_lines(path, bad)
+            warnings.warn(f"{path}: dropped malformed lines {bad[:5]}; they are measured again", stacklevel=3)
+            table, _ = _read(path)
     if table is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
@@ -491,6 +535,18 @@ def _open_table(path: Path, meta: dict) -> LatencyTable:
         return LatencyTable(meta=dict(meta), path=path)
     table.check({k: v for k, v in meta.items() if k != "created"})
     return table
+
+
+def _drop_lines(path: Path, numbers: Sequence[int]) -> None:
+    """Rewrite `path` (atomically) without the given 1-based lines."""
+    drop = set(numbers)
+    with open(path, "rb") as handle:
+        kept = [line for number, line in enumerate(handle, 1) if number not in drop]
+    tmp = path.with_name(f".{path.name}.repair.tmp")
+    tmp.write_bytes(b"".join(kept))
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def build_latency_table(
@@ -604,6 +660,7 @@ def merge_latency_tables(
                 {"type": "layer", "key": key, "round": r, "spec": merged.specs[key], **asdict(timing)}
             )
     out = Path(out)
+    refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_bytes(b"")

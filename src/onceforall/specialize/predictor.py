@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from onceforall.arch import Arch, SearchSpace
-from onceforall.errors import PredictorError
+from onceforall.checkpoints import check_finite, read_file
+from onceforall.errors import CheckpointError, OFAError, PredictorError
 from onceforall.io import save_atomic
 from onceforall.specialize.latency import progress_bar, torch_threads
 
@@ -118,6 +119,18 @@ class AccuracyPredictor(nn.Module):
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path, metrics: dict | None = None) -> Path:
+        """Write the predictor file (atomically); an existing file is replaced only if it is a predictor."""
+        path = Path(path)
+        if path.exists():
+            try:
+                ours = path.is_file() and read_file(path, "predictor file").get("format") == FORMAT
+            except CheckpointError:
+                ours = False
+            if not ours:
+                raise PredictorError(
+                    f"{path} exists and is not a predictor file written by `ofa predictor fit`; it is left "
+                    "untouched: give another --out"
+                )
         return save_atomic(
             {
                 "format": FORMAT,
@@ -154,15 +167,31 @@ class AccuracyPredictor(nn.Module):
         if not path.is_file():
             raise PredictorError(f"predictor file {path} does not exist; fit one with `ofa predictor fit`")
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
+            data = read_file(path, "predictor file")
+        except CheckpointError as err:
             raise PredictorError(f"{path} is not a readable predictor file: {err}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if data.get("format") != FORMAT:
+            if data.get("format") is not None:  # one of our other files: a supernet, a training state
+                raise PredictorError(
+                    f"{path} is a {data.get('format')!r} file, not an accuracy predictor; pass the file "
+                    "`ofa predictor fit --out` wrote (or an official predictor file)"
+                )
             return load_official_predictor(data, space, str(path), trained_resolutions)
         if data.get("version") != VERSION:
             raise PredictorError(f"{path}: predictor file version {data.get('version')} is not {VERSION}")
-        net = cls(data["n_features"], data["hidden_size"], data["n_layers"], data["space"], data["encoding"])
-        net.load_state_dict(data["state_dict"])
+        try:
+            net = cls(
+                data["n_features"], data["hidden_size"], data["n_layers"], data["space"], data["encoding"]
+            )
+            net.load_state_dict(data["state_dict"])
+            check_finite(net.state_dict(), f"predictor file {path}")
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            if isinstance(err, OFAError):
+                raise PredictorError(str(err)) from None
+            raise PredictorError(
+                f"{path} is a damaged predictor file ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                "fit it again with `ofa predictor fit`"
+            ) from None
         net.metrics = data.get("metrics")
         if space is not None:
             try:
@@ -308,6 +337,13 @@ def _fit(
 
 
 # --------------------------------------------------------------------------- the dataset
+def _accuracy(value: Any) -> float:
+    """A row's accuracy: a number in [0, 1] (a string, a boolean or a percentage is a malformed row)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"accuracy {value!r} is not a fraction in [0, 1]")
+    return float(value)
+
+
 @dataclass
 class AccuracyRecord:
     arch: Arch
@@ -335,9 +371,9 @@ class AccuracyDataset:
                 try:
                     row = json.loads(raw)
                     record = AccuracyRecord(
-                        Arch.from_dict(row["arch"]), float(row["accuracy"]), row.get("meta", {})
+                        Arch.from_dict(row["arch"]), _accuracy(row["accuracy"]), row.get("meta", {})
                     )
-                except (ValueError, KeyError, TypeError, AttributeError) as err:
+                except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
                     truncated = not raw.endswith(b"\n")
                     reason = "truncated last line" if truncated else f"malformed row ({err})"
                     self.problems.append((number, reason))
@@ -382,7 +418,10 @@ class AccuracyDataset:
         """(population [N, n_genes], accuracy [N]) of the rows; all must belong to `space`."""
         records = self.read(warn)
         if not records:
-            raise PredictorError(f"accuracy dataset {self.path} has no usable rows")
+            first = f" (line {self.problems[0][0]}: {self.problems[0][1]})" if self.problems else ""
+            raise PredictorError(
+                f"accuracy dataset {self.path} has no usable rows{first}; is it a file of `ofa acc-dataset`?"
+            )
         others = {r.arch.space for r in records} - {space.name}
         if others:
             raise PredictorError(
@@ -417,6 +456,27 @@ class CollectSummary:
     seconds: float
 
 
+def _refuse_foreign(dataset: AccuracyDataset) -> None:
+    """Refuse to append to a file that is not an accuracy dataset (a latency table, notes, a checkpoint)."""
+    path = dataset.path
+    if path.exists() and not path.is_file():
+        raise PredictorError(f"{path} is a folder, not an accuracy dataset file; give a file path as --out")
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with open(path, "rb") as handle:
+        first = handle.readline(1 << 16)
+    try:
+        row = json.loads(first)
+        Arch.from_dict(row["arch"])
+        _accuracy(row["accuracy"])
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        if first.endswith(b"\n"):  # a complete line that is no row: not a file of ours
+            raise PredictorError(
+                f"{path} exists and is not an accuracy dataset (its first line is not an (arch, accuracy) "
+                "row); it is left untouched: give another --out"
+            ) from None
+
+
 def _check_same_setting(old: dict, new: dict, path: Path) -> None:
     """Refuse to mix rows scored differently (another supernet, dataset or image count) in one file."""
     for key in sorted(old.keys() & new.keys() - {"seconds", "shard"}):
@@ -449,6 +509,7 @@ def collect_accuracy_dataset(
     if not 0 <= rank < world:
         raise PredictorError(f"shard {rank}/{world} is invalid: need 0 <= rank < world")
     dataset = AccuracyDataset(path)
+    _refuse_foreign(dataset)
     cut = dataset.repair()
     if cut is not None:
         warnings.warn(
