@@ -369,32 +369,55 @@ def _fits(found: Entry, state: Mapping[str, torch.Tensor]) -> bool:
     return True
 
 
+def family_in(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The family a state dict's key layout belongs to (None if none)."""
+    keys = {k.replace(".mobile_inverted_conv.", ".conv.") for k in state}
+    if any(k.startswith("input_stem.") for k in keys):
+        return "resnet50"
+    if any(k.startswith("final_expand_layer.") for k in keys):
+        return "mbv3"
+    if any(k.startswith("feature_mix_layer.") for k in keys):
+        return "proxyless"
+    return None
+
+
 def fitting_ids(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Every registered id whose supernet the state dict loads into (class count and channels aside)."""
-    return [i for i, e in REGISTRY.items() if e.weights is None and _fits(e, state)]
+    family = family_in(state)
+    return [i for i, e in REGISTRY.items() if e.family == family and e.weights is None and _fits(e, state)]
 
 
 def _official(
     path: Path, data: dict[str, Any], net_id: str | None, overrides: dict[str, Any]
 ) -> LoadedSupernet:
     state = state_dict_of(data)
-    chosen = net_id or guess_net_id(state)
-    if chosen is None:
-        fits = fitting_ids(state)
-        if len(fits) != 1:
-            listed = f"it fits {fits}" if fits else "it fits none of the registered supernets"
-            raise CheckpointError(
-                f"cannot tell which supernet {path} holds ({listed}); pass --net-id, one of: "
-                + ", ".join(registered())
-            )
-        chosen = fits[0]
-    net = _build_for(REGISTRY[chosen], state, overrides)
-    try:
-        load_official(net, state, hint=lambda: _wrong_id_hint(state, chosen))
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    info = {"net_id": chosen, "source": str(path), "format": "official", "file_sha256": tensor_digest(state)}
-    return LoadedSupernet(net, info)
+    _check_finite(path, state)
+    info = {"source": str(path), "format": "official", "file_sha256": tensor_digest(state)}
+    if net_id is not None:
+        net = _build_for(REGISTRY[net_id], state, overrides)
+        try:
+            load_official(net, state, hint=lambda: _wrong_id_hint(state, net_id))
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        return LoadedSupernet(net, {"net_id": net_id, **info})
+    guess = guess_net_id(state)  # the official layouts, recognised without building anything
+    if guess is not None:
+        net = _build_for(REGISTRY[guess], state, overrides)
+        try:
+            load_official(net, state)  # warns only once the file fits
+            return LoadedSupernet(net, {"net_id": guess, **info})
+        except CheckpointError:
+            pass  # same family, other sizes: find the id below
+    fits = fitting_ids(state)
+    if len(fits) != 1:
+        listed = f"it fits {fits}" if fits else "its keys and shapes fit none of the registered supernets"
+        raise CheckpointError(
+            f"cannot tell which supernet {path} holds ({listed}); pass --net-id, one of: "
+            + ", ".join(registered())
+        )
+    net = _build_for(REGISTRY[fits[0]], state, overrides)
+    load_official(net, state)
+    return LoadedSupernet(net, {"net_id": fits[0], **info})
 
 
 def _wrong_id_hint(state: Mapping[str, torch.Tensor], chosen: str) -> str:

@@ -24,13 +24,13 @@ from onceforall.cli.common import (
     say,
     user_errors,
 )
-from onceforall.errors import OFAError
 from onceforall.io import write_json_atomic
 from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, fit_predictor
 from onceforall.workflow import search as jobs
 from onceforall.workflow.data import supernet_data
 from onceforall.workflow.evaluate import read_arch
 from onceforall.workflow.export import export_arch
+from onceforall.workflow.specialize import parse_formats
 
 PredictorFileOpt = Annotated[Path, typer.Option(help="accuracy predictor file (ours or official)")]
 BackendOpt = Annotated[str | None, typer.Option(help="refuse a latency table not measured with this backend")]
@@ -182,10 +182,7 @@ def export(
         chosen = read_arch(arch, loaded.net.search_space())
         has_data = data is not None or (loaded.info.get("recipe") or {}).get("data")
         source = supernet_data(loaded, data, root) if has_data else None
-        wanted = tuple(f.strip() for f in formats.split(",") if f.strip())
-        if not wanted:
-            raise OFAError("--formats is empty; choose from onnx, pt2")
-        deploy = export_arch(loaded, chosen, out, source, wanted, batch_size, atol, device)
+        deploy = export_arch(loaded, chosen, out, source, parse_formats(formats), batch_size, atol, device)
     for r in deploy["exports"]:
         say(f"{r['format']}: {r['path']} (max abs diff vs PyTorch {r['max_abs_diff']:.2e})", as_json)
     if deploy["bn_calibration"] is None:

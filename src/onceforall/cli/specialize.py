@@ -27,10 +27,11 @@ from onceforall.cli.common import (
     user_errors,
 )
 from onceforall.specialize.pipeline import Specialized
-from onceforall.workflow.specialize import parse_budgets, specialize_supernet
+from onceforall.workflow.specialize import parse_budgets, parse_formats, specialize_supernet
 
 BackendOpt = Annotated[str, typer.Option(help="torch or onnxruntime")]
 ThreadsOpt = Annotated[int, typer.Option(min=1, help="CPU threads of the target")]
+FormatsOpt = Annotated[str, typer.Option(help="comma-separated export formats: onnx, pt2")]
 PredictorOpt = Annotated[
     Path | None,
     typer.Option(
@@ -126,6 +127,7 @@ def specialize(
     ] = 0,
     finetune_lr: Annotated[float, typer.Option(min=0.0, help="fine-tuning learning rate (cosine)")] = 0.01,
     seed: Annotated[int, typer.Option(help="search seed")] = 0,
+    formats: FormatsOpt = "onnx,pt2",
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -148,6 +150,7 @@ def specialize(
             device,
             data,
             root,
+            parse_formats(formats),
         )
     print_specialized(results, out, as_json)
 

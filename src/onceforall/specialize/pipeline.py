@@ -57,6 +57,7 @@ def specialize(
     seed: int = 0,
     rounds: int = 5,
     finetune: Callable[[nn.Module, Arch], object] | None = None,
+    formats: tuple[str, ...] = ("onnx", "pt2"),
 ) -> list[Specialized]:
     """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
 
@@ -84,7 +85,7 @@ def specialize(
         shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
         subnet = subnet.cpu().to(memory_format=torch.contiguous_format)
         folder = out / f"budget_{budget:g}ms"
-        reports = export_subnet(subnet, shape, folder)
+        reports = export_subnet(subnet, shape, folder, formats)
         arch.to_json(folder / "arch.json")
         timed.append((lambda subnet=subnet: subnet, shape))
         results.append(

@@ -6,6 +6,7 @@ Every command that scores or exports a subnet gets its BN statistics from `datas
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -81,8 +82,11 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def _extra(source: SupernetData) -> dict[str, Any]:
-    """Loader options of folder datasets (in-memory ones need none)."""
-    return {} if source.info.in_memory else {"workers": source.config.get("workers", DataConfig().workers)}
+    """Loader options of folder datasets (in-memory ones need none): the recipe's workers, else no more
+    than the machine's cores (more only makes the DataLoader warn and wait)."""
+    if source.info.in_memory:
+        return {}
+    return {"workers": source.config.get("workers", min(DataConfig().workers, os.cpu_count() or 1))}
 
 
 def dataset_evaluator(

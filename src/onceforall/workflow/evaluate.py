@@ -45,7 +45,24 @@ def read_arch(choice: str | Path, space: SearchSpace, resolution: int | None = N
         data = data["best"].get("arch")
     elif isinstance(data, dict) and isinstance(data.get("arch"), dict):
         data = data["arch"]
-    return _at(Arch.from_dict(data, space=space.name), resolution, space)
+    return _at(_integral(Arch.from_dict(data, space=space.name)), resolution, space)
+
+
+def _integral(arch: Arch) -> Arch:
+    """Refuse a JSON arch whose sizes, kernels, depths or width indices are not integers (3.5, 20.0,
+    true): they would reach the convolutions as floats. Expand ratios are numbers."""
+    ints = {"image_size": [arch.image_size], "ks": arch.ks or (), "d": arch.d, "w": arch.w or ()}
+    for name, values in ints.items():
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, int):
+                where = name if name == "image_size" else f"{name}[{i}]"
+                raise ArchError(
+                    f"arch.{where} = {value!r} is not an integer; write it without a decimal point"
+                )
+    for i, value in enumerate(arch.e):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ArchError(f"arch.e[{i}] = {value!r} is not a number")
+    return arch
 
 
 def _at(arch: Arch, resolution: int | None, space: SearchSpace) -> Arch:

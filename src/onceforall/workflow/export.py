@@ -8,6 +8,7 @@ passed its parity check, so a failed export never removes a good one.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from onceforall.arch import Arch
+from onceforall.errors import ExportError
 from onceforall.export import ExportReport, export_subnet, extract_subnet
 from onceforall.io import replaced_folder, write_json_atomic
 from onceforall.registry import LoadedSupernet
@@ -53,12 +55,32 @@ def export_arch(
         calibration = None
     subnet = subnet.cpu().eval().to(memory_format=torch.contiguous_format)
     shape = (batch_size, net.in_channels, arch.image_size, arch.image_size)
+    refuse_foreign_folder(Path(out))
     with replaced_folder(out) as folder:
         reports = export_subnet(subnet, shape, folder, formats, atol)
         arch.to_json(folder / "arch.json")
         deploy = describe_export(loaded, arch, source, calibration, reports, Path(out))
         write_json_atomic(deploy, folder / "deploy.json")
     return deploy
+
+
+def refuse_foreign_folder(out: Path) -> None:
+    """An export replaces --out whole: refuse unless it is missing, empty, or an earlier export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a folder for model.onnx, model.pt2 and deploy.json")
+    if not any(out.iterdir()):
+        return
+    try:
+        ours = json.loads((out / "deploy.json").read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        ours = False
+    if not ours:
+        raise ExportError(
+            f"--out {out} is a folder that is not an `ofa export` (no deploy.json of ours); an export "
+            "replaces the whole folder, so it is left untouched: give a new or empty folder"
+        )
 
 
 def describe_export(

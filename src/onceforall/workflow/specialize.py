@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from pathlib import Path
 
 from onceforall.arch import SearchSpace
 from onceforall.cost import LayerTable
 from onceforall.errors import OFAError, PredictorError
+from onceforall.io import FolderLock, remove_stale_tmp
 from onceforall.registry import LoadedSupernet, predictor_path
 from onceforall.specialize.finetune import distilling_finetuner
 from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
@@ -45,6 +47,15 @@ def parse_budgets(text: str) -> list[float] | None:
     return sorted({parse_quantity(p, "time") for p in parts})
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'onnx,pt2' -> ('onnx', 'pt2'), checked."""
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in ("onnx", "pt2")]
+    if not formats or unknown:
+        raise OFAError(f"--formats {text!r}: choose one or more of onnx, pt2 (comma-separated)")
+    return formats
+
+
 def spread_budgets(
     latency: LayerTable, space: SearchSpace, fractions: tuple[float, ...] = (0.2, 0.45, 0.8)
 ) -> list[float]:
@@ -54,6 +65,40 @@ def spread_budgets(
     low, high = latency(space.encode(archs)).tolist()
     budgets = (max(low, float(f"{low + f * (high - low):.3g}")) for f in fractions)
     return sorted(set(budgets))
+
+
+# What `ofa specialize` writes into --out (and the latency table it may keep there).
+_OWN_FILES = ("report.md", "results.json", "pareto.png")
+
+
+def claim_output(out: Path) -> FolderLock:
+    """Lock --out, refuse a folder that holds other things than a specialize run's, and clear the last
+    run's outputs, so the folder never mixes two runs (old budget folders beside a new report).
+
+    Called after the cheap checks, so a mistyped budget does not remove the previous results.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OFAError(f"--out {out} is a file; give a folder for report.md, results.json and the exports")
+    foreign = sorted(
+        p.name
+        for p in (out.iterdir() if out.is_dir() else ())
+        if not (p.name in _OWN_FILES or p.name.startswith(".") or p.suffix == ".jsonl")
+        and not (p.is_dir() and p.name.startswith("budget_"))
+    )
+    if foreign:
+        raise OFAError(
+            f"--out {out} holds files `ofa specialize` did not write ({foreign[:5]}); it is left untouched: "
+            "give an empty or new folder"
+        )
+    lock = FolderLock(out, "--out").acquire()
+    remove_stale_tmp(out)
+    for entry in out.iterdir():
+        if entry.is_dir() and entry.name.startswith("budget_"):
+            shutil.rmtree(entry)
+        elif entry.name in _OWN_FILES:
+            entry.unlink()
+    return lock
 
 
 def load_predictor(loaded: LoadedSupernet, predictor: Path | None, space: SearchSpace) -> AccuracyPredictor:
@@ -83,6 +128,7 @@ def specialize_supernet(
     device: str | None = None,
     data: str | None = None,
     root: str | None = None,
+    formats: tuple[str, ...] = ("onnx", "pt2"),
 ) -> list[Specialized]:
     """Budgets None picks three between the smallest and largest subnet's latency.
 
@@ -98,10 +144,14 @@ def specialize_supernet(
     latency_model = latency.model(space)
     budgets_ms = budgets_ms or spread_budgets(latency_model, space)
     check_budgets(space, latency_model, budgets_ms)
+    # Held until this function returns (the last reference goes): one `ofa specialize` per --out.
+    lock = claim_output(out)  # noqa: F841
     source = supernet_data(loaded, data, root)
     evaluator, _ = dataset_evaluator(loaded, source, "test", device)
     tune = None
     if finetune_epochs:
         loader = training_loader(source, device, seed)
         tune = distilling_finetuner(evaluator, loader, finetune_epochs, finetune_lr, seed)
-    return run_pipeline(evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune)
+    return run_pipeline(
+        evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune, formats=formats
+    )
