@@ -80,6 +80,17 @@ def _collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
+def _one_line_errors(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterate `loader`, turning a worker's DataError (re-raised by DataLoader as "Caught DataError in
+    DataLoader worker process 0. Original Traceback ...") back into its own one-line message."""
+    try:
+        yield from loader
+    except DataError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        last = lines[-1] if lines else str(err)
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
+
+
 def _seed_worker(seed: int, epoch: int, worker_id: int) -> None:
     """Seed a worker's global RNGs from (seed, epoch, worker id), for any augmentation that uses them."""
     worker_seed = mix_seed(seed, epoch, worker_id)
@@ -239,7 +250,7 @@ class FolderLoader:
             worker_init_fn=partial(_seed_worker, self.seed, epoch) if self.workers else None,
             generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)),
         )
-        for b, (images, labels) in enumerate(loader, start):
+        for b, (images, labels) in enumerate(_one_line_errors(loader), start):
             images = images.to(self.device, non_blocking=True)
             yield (
                 self._finish(images, self.resolution_at(epoch, b)),
