@@ -26,8 +26,9 @@ from onceforall.specialize.latency import Measurer, build_latency_table, torch_t
 from onceforall.specialize.pipeline import specialize
 from onceforall.specialize.predictor import AccuracyDataset, collect_accuracy_dataset, fit_predictor
 from onceforall.specialize.search import evolution_search
-from onceforall.train import Trainer, recipe_from_dict
+from onceforall.train import Trainer, load_recipe, recipe_from_dict
 from onceforall.train.recipe import NetConfig
+from onceforall.train.trainer import build_supernet
 from onceforall.workflow.data import dataset_evaluator, supernet_data
 from onceforall.workflow.evaluate import evaluate_subnet
 from onceforall.workflow.export import export_arch
@@ -233,3 +234,17 @@ def test_every_stage_runs_for_every_family(family: str, tmp_path: Path):
     assert all(
         torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), back.net.state_dict().values())
     )
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("**/*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_recipe_builds_its_family(config: Path):
+    recipe = load_recipe(config)
+    grey = recipe.data.name == "fashion-mnist"
+    net = build_supernet(recipe, 10, 1 if grey else 3)
+    assert family_of(net) == recipe.net.family
+    if config.name in ("fashion_mnist_resnet50.yaml", "fashion_mnist_proxyless.yaml"):
+        # The small-image registry entry is this recipe's layout: files it trains load under that id.
+        assert net.search_space().name == REGISTRY[SMALL[recipe.net.family]].build().search_space().name
