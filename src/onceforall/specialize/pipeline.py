@@ -19,7 +19,13 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import LayerTable, count_macs, count_params
 from onceforall.export import export_subnet
 from onceforall.io import write_json_atomic, write_text_atomic
-from onceforall.specialize.latency import LatencyTable, measure_rounds, summarize, table_measurer
+from onceforall.specialize.latency import (
+    LatencyTable,
+    measure_rounds,
+    progress_bar,
+    summarize,
+    table_measurer,
+)
 from onceforall.specialize.plots import plot_pareto
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search
@@ -58,6 +64,7 @@ def specialize(
     rounds: int = 5,
     finetune: Callable[[nn.Module, Arch], object] | None = None,
     formats: tuple[str, ...] = ("onnx", "pt2"),
+    progress: bool = True,
 ) -> list[Specialized]:
     """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
 
@@ -73,37 +80,44 @@ def specialize(
     measure = table_measurer(table)
     check_budgets(space, latency, budgets_ms)  # fail before any work, not at the first infeasible budget
     results, timed = [], []
-    for budget in budgets_ms:
-        search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
-        arch = search.best_arch
-        subnet = evaluator.subnet(arch)
-        top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
-        finetuned_top1 = None
-        if finetune is not None:
-            finetune(subnet, arch)
-            finetuned_top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
-        shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
-        subnet = subnet.cpu().to(memory_format=torch.contiguous_format)
-        folder = out / f"budget_{budget:g}ms"
-        reports = export_subnet(subnet, shape, folder, formats)
-        arch.to_json(folder / "arch.json")
-        timed.append((lambda subnet=subnet: subnet, shape))
-        results.append(
-            Specialized(
-                budget_ms=budget,
-                arch=arch.to_dict(),
-                predicted_ms=float(latency(space.encode(arch))[0]),
-                measured_ms=float("nan"),  # measured below, with the others
-                predicted_top1=100 * float(predict(space.encode(arch))[0]),
-                top1=top1,
-                macs=int(count_macs(space, arch)[0]),
-                params=int(count_params(space, arch)[0]),
-                files=[str(r.path) for r in reports],
-                finetuned_top1=finetuned_top1,
+    bar = progress_bar(progress)
+    with bar:
+        task = bar.add_task("specializing", total=len(budgets_ms) + 1)
+        for budget in budgets_ms:
+            bar.update(task, description=f"budget {budget:g} ms: search, extract, score, export")
+            search = evolution_search(space, predict, latency, budget, seed=seed, unit="ms")
+            arch = search.best_arch
+            subnet = evaluator.subnet(arch)
+            top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
+            finetuned_top1 = None
+            if finetune is not None:
+                finetune(subnet, arch)
+                finetuned_top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
+            shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
+            subnet = subnet.cpu().to(memory_format=torch.contiguous_format)
+            folder = out / f"budget_{budget:g}ms"
+            reports = export_subnet(subnet, shape, folder, formats)
+            arch.to_json(folder / "arch.json")
+            timed.append((lambda subnet=subnet: subnet, shape))
+            results.append(
+                Specialized(
+                    budget_ms=budget,
+                    arch=arch.to_dict(),
+                    predicted_ms=float(latency(space.encode(arch))[0]),
+                    measured_ms=float("nan"),  # measured below, with the others
+                    predicted_top1=100 * float(predict(space.encode(arch))[0]),
+                    top1=top1,
+                    macs=int(count_macs(space, arch)[0]),
+                    params=int(count_params(space, arch)[0]),
+                    files=[str(r.path) for r in reports],
+                    finetuned_top1=finetuned_top1,
+                )
             )
-        )
-    for result, timings in zip(results, measure_rounds(timed, measure, rounds)):
-        result.measured_ms = summarize(timings, table.statistic)
+            bar.advance(task)
+        bar.update(task, description="timing the chosen subnets")
+        for result, timings in zip(results, measure_rounds(timed, measure, rounds)):
+            result.measured_ms = summarize(timings, table.statistic)
+        bar.advance(task)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
     pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=space.name)
     write_text_atomic(report(results, table, space.name, clamped=pareto.clamped), out / "report.md")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import count_macs, count_params
 from onceforall.errors import ArchError
 from onceforall.registry import LoadedSupernet
+from onceforall.specialize.latency import progress_bar
 from onceforall.workflow.data import dataset_evaluator, supernet_data
 
 MAX_ARCH_FILE = 1 << 20  # an arch file is a few hundred bytes; refuse to parse anything huge
@@ -83,13 +85,26 @@ def evaluate_subnet(
     root: str | None = None,
     resolution: int | None = None,
     device: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Test top-1 of one subnet after BN recalibration, with its MACs and params."""
     space = loaded.net.search_space()
     arch = read_arch(arch_choice, space, resolution)
     source = supernet_data(loaded, data, root)
     evaluator, images = dataset_evaluator(loaded, source, "test", device)
-    top1, loss = evaluator(arch)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"BN recalibration, then top-1 on {images} test images", total=None)
+        batches = evaluator.eval_loader
+
+        def counted(resolution: int) -> Iterator:
+            loader = batches(resolution)
+            bar.update(task, total=len(loader))
+            for batch in loader:
+                yield batch
+                bar.advance(task)
+
+        evaluator.eval_loader = counted
+        top1, loss = evaluator(arch)
     return {
         "supernet": loaded.info.get("net_id") or loaded.info.get("source"),
         "dataset": source.info.name,
