@@ -427,12 +427,22 @@ class Trainer:
     def validate(self, index: int) -> list[dict[str, Any]]:
         """Holdout accuracy of the corner subnets (BN recalibrated), logged and printed as a table."""
         evaluator = SubnetEvaluator(self.net, self.data.calibration, self.data.holdout, self.world)
-        rows = []
-        for arch in self.corner_archs(index):
-            top1, loss = evaluator(arch)
-            # Each field's last gene stands for the corner (uniform per field, but for ResNet's stem flag).
-            fields = {f: getattr(arch, f)[-1] for f in sampling.FIELDS if getattr(arch, f) is not None}
-            rows.append({"image_size": arch.image_size, **fields, "top1": top1, "loss": loss})
+        rows, archs = [], self.corner_archs(index)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(f"validating '{self.phases[index].name}'", total=len(archs))
+            for arch in archs:
+                top1, loss = evaluator(arch)
+                # Each field's last gene stands for the corner (uniform per field, but ResNet's stem flag).
+                fields = {f: getattr(arch, f)[-1] for f in sampling.FIELDS if getattr(arch, f) is not None}
+                rows.append({"image_size": arch.image_size, **fields, "top1": top1, "loss": loss})
+                progress.advance(task)
         self.net.set_max_net()
         phase = self.phases[index].name
         self._log(
