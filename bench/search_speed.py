@@ -1,14 +1,21 @@
-"""Constrained evolutionary search: ours (populations as tensors) vs the official `EvolutionFinder`.
+"""Search convergence and speed: ours against the official `EvolutionFinder`, and NSGA-II against a long run.
 
-Both search OFA-MobileNetV3 w1.0 (K 3/5/7, E 3/4/6, D 2/3/4) at resolutions 160-224 step 16
-under the same MACs budget with the same accuracy predictor: one MLP in our format (fitted for a
-few seconds on a synthetic accuracy function so that bigger subnets score higher and the budget
-binds), loaded unchanged into the official `AccuracyPredictor` (same module names). The official
-finder gets the official MACs model (`Mbv3FLOPsModel` on the official supernet); ours gets the
-layer-table MACs model. Both predictors and both MACs models are checked to agree first. Both run
-with one torch thread. Prints time and best predicted accuracy of each, and the speed-up.
+Both evolutions search OFA-MobileNetV3 w1.0 (K 3/5/7, E 3/4/6, D 2/3/4) at resolutions 160-224
+step 16 under the same MACs budget with the same accuracy predictor: one MLP in our format
+(fitted for a few seconds on a synthetic accuracy function so that bigger subnets score higher
+and the budget binds), loaded unchanged into the official `AccuracyPredictor` (same module
+names). The official finder gets the official MACs model (`Mbv3FLOPsModel` on the official
+supernet); ours the layer-table MACs model. Predictors and MACs models are checked to agree first.
+Everything runs on one torch thread.
 
-    .venv/bin/python bench/search_speed.py [--budget 300] [--generations 500] [--seeds 10] [--official-seeds 3]
+1. Reference: the best of `--long-seeds` long searches of ours (`--long-generations`, seeds 100+).
+2. Per seed, side by side: our search (population 100, `--generations`) then the official one
+   with the same settings; time and best predicted accuracy of each, their ratio and difference,
+   and each one's gap to the reference.
+3. NSGA-II (accuracy x MACs): hypervolume of a normal run against a long run of the same seed.
+
+    .venv/bin/python bench/search_speed.py [--budget 300] [--generations 500] [--seeds 10]
+        [--official-seeds 3] [--long-seeds 10] [--long-generations 5000] [--skip-official] [--skip-nsga2]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import random
 import statistics
 import sys
@@ -31,7 +39,7 @@ from onceforall import Arch, OFAMobileNetV3
 from onceforall.specialize import LayerTable, count_macs
 from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import AccuracyPredictor, fit_predictor
-from onceforall.specialize.search import evolution_search
+from onceforall.specialize.search import evolution_search, nsga2_search
 
 LISTS = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
 RESOLUTIONS = (160, 176, 192, 208, 224)
@@ -110,75 +118,128 @@ def official(space, predictor: AccuracyPredictor):
     return nas_search.EvolutionFinder(efficiency, their_predictor)
 
 
+def run_official(finder, space, predictor: AccuracyPredictor, budget: float, generations: int, seed: int):
+    """One official search, seeded as the official code draws (Python `random` and NumPy)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    start = time.perf_counter()
+    with torch_threads(1), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        _, (acc, arch_dict, efficiency) = finder.run_evolution_search(
+            budget, verbose=False, max_time_budget=generations
+        )
+    seconds = time.perf_counter() - start
+    check = predictor.predict(space, [Arch.from_dict(arch_dict, space=space.name)]).item()
+    assert abs(check - acc) < 1e-5, (check, acc)  # the same predictor scores its arch the same
+    return seconds, acc, efficiency
+
+
+def spread(values: list[float]) -> str:
+    return f"{100 * min(values):.3f}-{100 * max(values):.3f} % (spread {100 * (max(values) - min(values)):.3f} pts)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget", type=float, default=300, help="max MACs in millions")
     parser.add_argument("--generations", type=int, default=500)
-    parser.add_argument("--seeds", type=int, default=10, help="runs of our search (seeds 0..n-1)")
+    parser.add_argument("--seeds", type=int, default=10, help="normal searches of ours (seeds 0..n-1)")
     parser.add_argument(
-        "--official-seeds", type=int, default=3, help="runs of the official search (minutes each)"
+        "--official-seeds", type=int, default=3, help="of those, how many also run officially (a minute each)"
     )
+    parser.add_argument("--long-seeds", type=int, default=10, help="long searches for the reference")
+    parser.add_argument("--long-generations", type=int, default=5000)
     parser.add_argument("--skip-official", action="store_true")
+    parser.add_argument("--skip-nsga2", action="store_true")
+    parser.add_argument("--nsga2-seeds", type=int, default=3)
+    parser.add_argument("--nsga2-generations", type=int, default=100)
+    parser.add_argument("--nsga2-long-generations", type=int, default=1000)
     args = parser.parse_args()
     torch.manual_seed(0)
     net = OFAMobileNetV3(n_classes=1000, dropout_rate=0, resolutions=RESOLUTIONS, **LISTS)
     space = net.search_space()
     predictor = make_predictor(space).eval()
+    accuracy = predictor.bind(space)
     macs = LayerTable(space, lambda spec: spec.macs / 1e6)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"load average at start: {load}")
 
-    rows = []
-    ours = []
-    for seed in range(args.seeds):
+    long_best = []
+    for seed in range(100, 100 + args.long_seeds):
         result = evolution_search(
-            space, predictor.bind(space), macs, args.budget, generations=args.generations, seed=seed
+            space, accuracy, macs, args.budget, generations=args.long_generations, seed=seed
         )
-        ours.append(result)
+        long_best.append(result.best_accuracy)
         print(
-            f"ours   seed {seed}: {result.seconds:6.2f} s  best {100 * result.best_accuracy:.3f} %  "
-            f"{result.best_efficiency:.1f} MMACs  ({result.evaluated} candidates)"
+            f"long   seed {seed}: {result.seconds:6.2f} s  best {100 * result.best_accuracy:.3f} %  "
+            f"{result.best_efficiency:.1f} MMACs at {result.best_arch.image_size} px"
         )
-    ours_time = statistics.median(r.seconds for r in ours)
-    ours_acc = [r.best_accuracy for r in ours]
-    rows.append(("ours (median over seeds)", ours_time, statistics.median(ours_acc), min(ours_acc)))
+    reference = max(long_best) if long_best else math.nan
+    if long_best:
+        print(
+            f"reference: best of {len(long_best)} searches of {args.long_generations} generations {100 * reference:.3f} %"
+        )
 
-    if not args.skip_official:
-        finder = official(space, predictor)
-        runs = []
-        for seed in range(args.official_seeds):
-            random.seed(seed)
-            np.random.seed(seed)
-            start = time.perf_counter()
-            with torch_threads(1), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-                _, (acc, arch_dict, efficiency) = finder.run_evolution_search(
-                    args.budget, verbose=False, max_time_budget=args.generations
-                )
-            seconds = time.perf_counter() - start
-            check = predictor.predict(space, [Arch.from_dict(arch_dict, space=space.name)]).item()
-            print(
-                f"official seed {seed}: {seconds:6.2f} s  best {100 * acc:.3f} %  {efficiency:.1f} MMACs "
-                f"(our predictor on its arch: {100 * check:.3f} %)"
-            )
-            runs.append((seconds, acc))
-        accs = [a for _, a in runs]
-        times = [t for t, _ in runs]
-        rows.append(
-            ("official (median over seeds)", statistics.median(times), statistics.median(accs), min(accs))
+    finder = None if args.skip_official else official(space, predictor)
+    ours, theirs = [], []
+    for seed in range(args.seeds):
+        result = evolution_search(space, accuracy, macs, args.budget, generations=args.generations, seed=seed)
+        ours.append((result.seconds, result.best_accuracy))
+        line = (
+            f"seed {seed}: ours {result.seconds:5.2f} s {100 * result.best_accuracy:.3f} % "
+            f"({result.best_efficiency:.1f} MMACs, {result.best_arch.image_size} px, "
+            f"{result.evaluated} candidates, gap {100 * (reference - result.best_accuracy):.3f} pts)"
         )
+        if finder is not None and seed < args.official_seeds:
+            seconds, acc, eff = run_official(finder, space, predictor, args.budget, args.generations, seed)
+            theirs.append((seconds, acc))
+            line += (
+                f" | official {seconds:6.2f} s {100 * acc:.3f} % ({eff:.1f} MMACs, gap "
+                f"{100 * (reference - acc):.3f} pts) | speed-up {seconds / result.seconds:.0f}x, "
+                f"ours - official {100 * (result.best_accuracy - acc):+.3f} pts"
+            )
+        print(line, flush=True)
 
     print(
         f"\n{args.generations} generations, population 100, budget {args.budget:g} MMACs, "
         f"{len(RESOLUTIONS)} resolutions, 1 torch thread"
     )
-    print(f"{'search':28s} {'time (s)':>9s} {'best acc (%)':>13s} {'worst seed (%)':>15s}")
-    for name, seconds, acc, worst in rows:
-        print(f"{name:28s} {seconds:9.2f} {100 * acc:13.3f} {100 * worst:15.3f}")
-    if len(rows) == 2:
+    if not ours:
+        return
+    times = [t for t, _ in ours]
+    accs = [a for _, a in ours]
+    print(
+        f"ours, {len(ours)} seeds: median {statistics.median(times):.2f} s (max {max(times):.2f}), "
+        f"best {spread(accs)}, worst gap to the reference {100 * (reference - min(accs)):.3f} pts"
+    )
+    if theirs:
+        t_times = [t for t, _ in theirs]
+        t_accs = [a for _, a in theirs]
+        ratios = [t / o for (t, _), (o, _) in zip(theirs, ours)]
+        diffs = [o - t for (_, t), (_, o) in zip(theirs, ours)]
         print(
-            f"speed-up: {rows[1][1] / rows[0][1]:.0f}x; best accuracy ours - official: "
-            f"{100 * (rows[0][2] - rows[1][2]):+.3f} pts (medians over seeds), "
-            f"{100 * (rows[0][3] - rows[1][3]):+.3f} pts (worst seeds)"
+            f"official, {len(theirs)} seeds: median {statistics.median(t_times):.2f} s, best {spread(t_accs)}, "
+            f"worst gap {100 * (reference - min(t_accs)):.3f} pts"
+        )
+        print(
+            f"speed-up per seed: {', '.join(f'{r:.0f}x' for r in ratios)} (goal >= 100x); "
+            f"ours - official per seed: {', '.join(f'{100 * d:+.3f}' for d in diffs)} pts (goal >= 0)"
+        )
+    print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+    if args.skip_nsga2:
+        return
+    print(
+        f"\nNSGA-II, accuracy x MACs, population 100: {args.nsga2_generations} vs {args.nsga2_long_generations} generations"
+    )
+    for seed in range(args.nsga2_seeds):
+        normal = nsga2_search(space, accuracy, {"macs": macs}, 100, args.nsga2_generations, seed=seed)
+        long = nsga2_search(space, accuracy, {"macs": macs}, 100, args.nsga2_long_generations, seed=seed)
+        print(
+            f"seed {seed}: {args.nsga2_generations} generations {normal.seconds:5.2f} s HV {normal.hypervolume:.4f} "
+            f"({len(normal.population)} on the front) | {args.nsga2_long_generations} generations "
+            f"{long.seconds:6.2f} s HV {long.hypervolume:.4f} | ratio {normal.hypervolume / long.hypervolume:.4f}",
+            flush=True,
         )
 
 

@@ -10,7 +10,7 @@ from onceforall import OFAMobileNetV3
 from onceforall.errors import ArchError, SearchError
 from onceforall.specialize import LayerTable, count_macs
 from onceforall.specialize.latency import torch_threads
-from onceforall.specialize.search import evolution_search, nsga2_search, random_search
+from onceforall.specialize.search import _parents, evolution_search, nsga2_search, random_search
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,8 +84,12 @@ def test_layer_table_is_the_sum_over_the_layers_that_run(space):
 
 def test_evolution_respects_the_budget_and_is_deterministic(space, accuracy, macs, budget):
     result = evolution_search(space, accuracy, macs, budget, generations=60, seed=0)
-    assert len(result.population) == 125  # as in the original: 25 parents + 50 mutants + 50 crossovers
+    # 25 parents + up to 50 mutants + 50 crossovers: slots whose draws were all infeasible or
+    # already seen stay empty
+    assert 25 < len(result.population) <= 125
     assert (result.efficiency <= budget).all()
+    assert torch.equal(space.canonical(result.population), result.population)
+    assert len(torch.unique(result.population, dim=0)) == len(result.population)
     assert torch.allclose(count_macs(space, result.population) / 1e6, result.efficiency)
     assert torch.allclose(accuracy(result.population), result.accuracy)
     assert (result.accuracy[:-1] >= result.accuracy[1:]).all()  # best first
@@ -97,6 +101,28 @@ def test_evolution_respects_the_budget_and_is_deterministic(space, accuracy, mac
     other = evolution_search(space, accuracy, macs, budget, generations=60, seed=1)
     assert not torch.equal(other.population, result.population)
     assert result.to_dict()["best"]["efficiency"] <= budget
+
+
+def test_evolution_predicts_each_subnet_once(space, accuracy, macs, budget):
+    predicted = []
+
+    def recording(population):
+        predicted.append(population)
+        return accuracy(population)
+
+    evolution_search(space, recording, macs, budget, generations=40, seed=0)
+    rows = torch.cat(predicted)
+    assert torch.equal(space.canonical(rows), rows)
+    assert len(torch.unique(rows, dim=0)) == len(rows) > 100 + 40 * 25
+
+
+def test_parents_are_spread_over_niches():
+    acc = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.95, 0.3])
+    niche = torch.tensor([0, 0, 0, 0, 1, 1, 0, 2])
+    # at most 2 per niche, best first: 6 and 0 from niche 0, then 4, 5 (niche 1) and 7 (niche 2)
+    assert _parents(acc, niche, n=10, per_niche=2).tolist() == [6, 0, 4, 5, 7]
+    assert _parents(acc, niche, n=3, per_niche=2).tolist() == [6, 0, 4]
+    assert _parents(acc, niche, n=3, per_niche=8).tolist() == [6, 0, 1]  # one niche: the plain top 3
 
 
 def test_evolution_beats_random_search(space, accuracy, macs, budget):
@@ -117,14 +143,19 @@ def test_infeasible_budget_names_the_minimum(space, accuracy, macs, params):
 def test_tight_budget_terminates_with_feasible_archs(space, accuracy, macs):
     budget = 1.0001 * macs(space.encode(space.min_arch(20))).item()  # hardly any arch fits
     result = evolution_search(space, accuracy, macs, budget, generations=5, seed=0, max_tries=3)
-    assert len(result.population) == 125 and (result.efficiency <= budget).all()
+    assert 1 <= len(result.population) <= 125 and (result.efficiency <= budget).all()
+
+
+def test_bad_evolution_settings_name_the_rule(space, accuracy, macs, budget):
+    with pytest.raises(SearchError, match=r"draws=0: need population_size >= 2, .* draws >= 1"):
+        evolution_search(space, accuracy, macs, budget, draws=0)
 
 
 def test_several_constraints(space, accuracy, macs, params, budget):
     both = lambda population: torch.stack([macs(population), params(population)], -1)  # noqa: E731
     limit_params = params(space.sample(500, torch.Generator().manual_seed(4))).median().item()
     result = evolution_search(space, accuracy, both, [budget, limit_params], generations=20, seed=0)
-    assert result.efficiency.shape == (125, 2)
+    assert result.efficiency.shape[1] == 2 and 25 < len(result.efficiency) <= 125
     assert (result.efficiency[:, 0] <= budget).all() and (result.efficiency[:, 1] <= limit_params).all()
 
 

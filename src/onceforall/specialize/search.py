@@ -55,29 +55,6 @@ def _fmt(value: float | list, unit: str) -> str:
     return f"{value:.4g}{' ' + unit if unit else ''}"
 
 
-def _fill(
-    draw: Callable[[], torch.Tensor],
-    efficiency: PopulationFn,
-    budget: torch.Tensor,
-    n: int,
-    max_tries: int,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Up to `n` feasible rows from repeated batches of candidates (bounded), their efficiency, #evaluated."""
-    kept, values, evaluated = [], [], 0
-    have = 0
-    for _ in range(max_tries):
-        candidates = draw()
-        eff = efficiency(candidates)
-        evaluated += len(candidates)
-        ok = _feasible(eff, budget)
-        kept.append(candidates[ok])
-        values.append(eff[ok])
-        have += int(ok.sum())
-        if have >= n:
-            break
-    return torch.cat(kept)[:n], torch.cat(values)[:n], evaluated
-
-
 # --------------------------------------------------------------------------- results
 @dataclass
 class SearchResult:
@@ -149,6 +126,40 @@ def _budget(budget: float | Sequence[float]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- evolution
+class _Seen:
+    """The canonical archs a search has already taken, as exact float64 keys in a Python set.
+
+    A key is a fixed random linear form of a canonical row, small enough to be exact in float64
+    (below 2**53); two distinct archs share a key with probability about 1e-13 per pair, and the
+    only effect of such a collision is that one arch is never proposed.
+    """
+
+    def __init__(self, space: SearchSpace):
+        spread = max(1, int((space._tables.limits - 1).sum()))
+        high = max(2, 2**53 // spread)
+        fixed = torch.Generator().manual_seed(0x5EE9)  # the same keys whatever the search's seed
+        self.weights = torch.randint(1, high, (space.n_genes,), generator=fixed, dtype=torch.long).double()
+        self.keys: set[float] = set()
+
+    def take(
+        self, canonical: torch.Tensor, candidates: torch.Tensor, slots: torch.Tensor, n: int
+    ) -> list[int]:
+        """Indices (into `canonical`) of the first unseen candidate of each slot, marked seen.
+
+        `candidates` are the indices to consider, in order; `slots[i]` is candidate i's slot.
+        """
+        keys = (canonical[candidates].double() @ self.weights).tolist()
+        filled = [False] * n
+        taken = []
+        for index, slot, key in zip(candidates.tolist(), slots[candidates].tolist(), keys):
+            if filled[slot] or key in self.keys:
+                continue
+            self.keys.add(key)
+            filled[slot] = True
+            taken.append(index)
+        return taken
+
+
 def evolution_search(
     space: SearchSpace,
     accuracy: PopulationFn,
@@ -160,88 +171,150 @@ def evolution_search(
     mutation_ratio: float = 0.5,
     mutate_prob: dict[str, float] | None = None,
     seed: int = 0,
-    oversample: float = 2.0,
-    max_tries: int = 20,
+    max_tries: int = 1,
+    draws: int = 8,
     unit: str = "",
 ) -> SearchResult:
-    """The original's evolution under `efficiency(pop) <= budget`, on whole populations.
+    """The original's evolution under `efficiency(pop) <= budget`, on whole populations, made to converge.
 
-    Each generation keeps the top `parent_ratio` of the population by predicted accuracy and adds
-    `mutation_ratio * population_size` mutants and the rest crossover children of random parents
-    (mutation: block 0.1, depth 0.1, resolution 0.5 by default). As in the original each child
-    slot picks its parent(s) and redraws its mutation (crossover) until it fits, but all slots at
-    once: several candidates per slot (from the running acceptance rate, at first 1/`oversample`),
-    one efficiency call for all, the first feasible candidate of each slot kept, at most
-    `max_tries` rounds; a slot still empty gets its parent (feasible), so a budget almost nothing
-    meets cannot loop forever. An infeasible budget raises SearchError with the smallest
-    achievable value.
+    Each generation keeps parents and adds `mutation_ratio * population_size` mutants and the rest
+    crossover children of two distinct parents (mutation: block 0.1, depth 0.1, resolution 0.5 by
+    default), each child slot with its parent(s) drawn first, as in the original. Two changes make
+    one search reach what ten long ones do (docs/benchmarks.md):
+
+    - No arch is taken twice. Children are canonical (skipped blocks' genes zeroed) and a child
+      already seen in this search counts as a miss, like one over the budget. In the original the
+      parents soon are copies of one arch, crossover of copies returns the copy, and the search
+      stalls on the first good arch it found.
+    - Parents are the best `parent_ratio * population_size` archs spread over the resolutions:
+      at most ceil(n_parents / n_resolutions) per resolution. The resolution scales every layer's
+      cost, so each resolution is its own basin; with one ranking, the resolution that looks best
+      early takes all parents and the others are never refined.
+
+    A slot draws as many candidates per round as fill it with probability 1/2 at the running
+    share of feasible new candidates (at most `draws`), for at most `max_tries` rounds; its first
+    feasible unseen candidate is kept and a slot still empty stays empty (a smaller generation,
+    never an endless loop). Retrying the empty slots costs more than it gains: at a converged
+    population most of their draws are already seen. One efficiency call per round and one
+    accuracy call per generation. An infeasible budget raises SearchError with the
+    smallest achievable value.
     """
+    if population_size < 2 or generations < 0 or max_tries < 1 or draws < 1:
+        raise SearchError(
+            f"population_size={population_size}, generations={generations}, max_tries={max_tries}, "
+            f"draws={draws}: need population_size >= 2, generations >= 0, max_tries >= 1 and draws >= 1"
+        )
     start = time.perf_counter()
     budget_t = _budget(budget)
     generator = torch.Generator().manual_seed(seed)
     rates = space.mutation_rates(mutate_prob)
-    n_parents = max(1, round(parent_ratio * population_size))
+    n_parents = max(2, round(parent_ratio * population_size))
     n_mutants = round(mutation_ratio * population_size)
     need = (n_mutants, population_size - n_mutants)
-    rate = [1 / oversample]  # running share of candidates that meet the budget
+    resolution = space._gene_index("image_size", None)
+    per_niche = math.ceil(n_parents / len(space.resolutions))
+    seen = _Seen(space)
     with torch_threads(1), torch.inference_mode():
         check_budget(space, efficiency, budget_t, unit)
         population, eff, evaluated = _initial(
-            space, efficiency, budget_t, population_size, oversample, max_tries, generator
+            space, efficiency, budget_t, population_size, max_tries, seen, generator
         )
         acc = accuracy(population).float()
+        rate = [0.5]  # running share of candidates that are feasible and new
         history = []
         for _ in range(generations):
-            top = torch.topk(acc, min(n_parents, len(acc))).indices
-            parents, parent_acc, parent_eff = population[top], acc[top], eff[top]
-            history.append(max(history[-1] if history else -math.inf, float(parent_acc[0])))
+            top = _parents(acc, population[:, resolution], n_parents, per_niche)
+            population, acc, eff = population[top], acc[top], eff[top]
+            history.append(max(history[-1] if history else -math.inf, float(acc[0])))
             children, child_eff, n_eval = _children(
-                space, rates, parents, efficiency, budget_t, need, rate, max_tries, generator
+                space, rates, population, efficiency, budget_t, need, rate, max_tries, draws, seen, generator
             )
             evaluated += n_eval
-            population = torch.cat([parents, children])
-            acc = torch.cat([parent_acc, accuracy(children).float()])
-            eff = torch.cat([parent_eff, child_eff])
+            population = torch.cat([population, children])
+            acc = torch.cat([acc, accuracy(children).float()])
+            eff = torch.cat([eff, child_eff])
         history.append(max(history[-1] if history else -math.inf, float(acc.max())))
     return _result(space, population, acc, eff, history, budget_t.tolist(), start, evaluated, "evolution")
 
 
-def _initial(space, efficiency, budget, n, oversample, max_tries, generator):
-    """`n` random feasible archs; if random draws rarely fit, the rest are the smallest feasible archs."""
-    batch = math.ceil(n * oversample)
-    population, eff, evaluated = _fill(
-        lambda: space.sample(batch, generator), efficiency, budget, n, max_tries
-    )
-    if len(population) < n:
-        values, archs = smallest(space, efficiency)
-        ok = _feasible(values, budget)
-        fill = archs[ok].repeat(math.ceil((n - len(population)) / int(ok.sum())), 1)[: n - len(population)]
-        population = torch.cat([population, fill])
-        eff = torch.cat([eff, efficiency(fill)])
-    return population, eff, evaluated
+def _parents(acc: torch.Tensor, niche: torch.Tensor, n: int, per_niche: int) -> torch.Tensor:
+    """Indices of the best `n` archs with at most `per_niche` of each niche value, best first."""
+    order = torch.argsort(acc, descending=True, stable=True)
+    niche = niche[order]
+    by_niche = torch.argsort(niche, stable=True)  # keeps the accuracy order inside each niche
+    grouped = niche[by_niche]
+    rank = torch.empty_like(by_niche)
+    rank[by_niche] = torch.arange(len(niche)) - torch.searchsorted(grouped, grouped)
+    return order[rank < per_niche][:n]
 
 
-def _children(space, rates, parents, efficiency, budget, need, rate, max_tries, generator):
-    """Mutants and crossover children that meet the budget; updates the acceptance rate `rate[0]`.
+def _initial(
+    space: SearchSpace,
+    efficiency: PopulationFn,
+    budget: torch.Tensor,
+    n: int,
+    max_tries: int,
+    seen: _Seen,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Up to `n` distinct random feasible archs; if random draws rarely fit, the smallest feasible archs."""
+    kept, values, evaluated, have = [], [], 0, 0
+    for _ in range(10 * max_tries):
+        candidates = space._canonical(space.sample(2 * n, generator))
+        eff = efficiency(candidates)
+        evaluated += len(candidates)
+        ok = _feasible(eff, budget).nonzero().squeeze(1)
+        # each candidate its own slot: every unseen feasible one is taken, up to n in all
+        taken = torch.tensor(seen.take(candidates, ok, torch.arange(len(candidates)), len(candidates)))
+        taken = taken[: n - have].long()
+        kept.append(candidates[taken])
+        values.append(eff[taken])
+        have += len(taken)
+        if have >= n:
+            break
+    if have < n:  # bounded: the smallest archs that fit, instead of drawing forever
+        sizes, archs = smallest(space, efficiency)
+        archs = space._canonical(archs)
+        ok = _feasible(sizes, budget).nonzero().squeeze(1)
+        taken = torch.tensor(seen.take(archs, ok, torch.arange(len(archs)), len(archs))).long()
+        kept.append(archs[taken])
+        values.append(sizes[taken])
+    return torch.cat(kept), torch.cat(values), evaluated
 
-    As in the original, each child slot first picks its parent (or two), then its mutation
-    (crossover) is redrawn until it fits: here `reps` candidates per slot at once (enough that a
-    slot stays empty with probability ~0.5 % at the running acceptance rate), the first feasible one
-    kept, and only empty slots drawn again (at most `max_tries` times). A slot that stays empty
-    gets its (first) parent, which is feasible.
+
+def _children(
+    space: SearchSpace,
+    rates: torch.Tensor,
+    parents: torch.Tensor,
+    efficiency: PopulationFn,
+    budget: torch.Tensor,
+    need: tuple[int, int],
+    rate: list[float],
+    max_tries: int,
+    draws: int,
+    seen: _Seen,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """New feasible mutants and crossover children; updates the running hit rate `rate[0]`.
+
+    Each slot first picks its parent (or two distinct ones), then redraws its mutation
+    (crossover): `reps` candidates per pending slot at once (enough that a slot fills with
+    probability 1/2 at the running hit rate, at most `draws`), the first feasible unseen one kept,
+    and only empty slots drawn again, at most `max_tries` rounds.
     """
     n_m, n_c = need
-    n = n_m + n_c
-    picks = torch.randint(len(parents), (n + n_c,), generator=generator)
-    first, second = picks[:n], picks[n:]  # crossover slot j >= n_m mates first[j] with second[j - n_m]
-    chosen, chosen_eff = parents[first].clone(), None
+    n, p = n_m + n_c, len(parents)
+    first = torch.randint(p, (n,), generator=generator)
+    # crossover slot j >= n_m mates first[j] with second[j - n_m], another parent when there is one
+    shift = torch.randint(max(1, p - 1), (n_c,), generator=generator)
+    second = (first[n_m:] + 1 + shift) % p if p > 1 else first[n_m:]
     pending = torch.arange(n)
-    evaluated = 0
+    kept, values, evaluated = [], [], 0
     for _ in range(max_tries):
         if not len(pending):
             break
         r = min(max(rate[0], 0.02), 0.99)
-        reps = min(32, math.ceil(math.log(0.005) / math.log1p(-r)))
+        reps = min(draws, math.ceil(math.log(0.5) / math.log1p(-r)))
         slots = pending.repeat_interleave(reps)
         split = int((slots < n_m).sum())  # slots are sorted: mutants first
         a = parents[first[slots]]
@@ -251,19 +324,23 @@ def _children(space, rates, parents, efficiency, budget, need, rate, max_tries, 
                 space._crossover(a[split:], parents[second[slots[split:] - n_m]], generator),
             ]
         )
+        candidates = space._canonical(candidates)
         eff = efficiency(candidates)
         evaluated += len(candidates)
-        if chosen_eff is None:
-            chosen_eff = eff.new_zeros((n, *eff.shape[1:]))
-        hit = _feasible(eff, budget).view(len(pending), reps)
-        rate[0] = 0.7 * rate[0] + 0.3 * hit.float().mean().item()
-        found = hit.any(1)
-        index = (torch.arange(len(pending)) * reps + hit.float().argmax(1))[found]
-        chosen[pending[found]], chosen_eff[pending[found]] = candidates[index], eff[index]
-        pending = pending[~found]
-    if len(pending):  # bounded: the parent itself (feasible) instead of looping forever
-        chosen_eff[pending] = efficiency(chosen[pending])
-    return chosen, chosen_eff, evaluated
+        ok = _feasible(eff, budget).nonzero().squeeze(1)
+        local = torch.arange(len(pending)).repeat_interleave(reps)
+        taken = torch.tensor(seen.take(candidates, ok, local, len(pending)), dtype=torch.long)
+        # the per-candidate hit rate that fills this share of slots with `reps` draws each
+        filled_share = min(len(taken) / len(pending), 0.999)
+        rate[0] = 0.7 * rate[0] + 0.3 * (1 - (1 - filled_share) ** (1 / reps))
+        kept.append(candidates[taken])
+        values.append(eff[taken])
+        filled = torch.zeros(len(pending), dtype=torch.bool)
+        filled[local[taken]] = True
+        pending = pending[~filled]
+    if not kept:
+        return parents[:0], efficiency(parents[:0]), evaluated
+    return torch.cat(kept), torch.cat(values), evaluated
 
 
 # --------------------------------------------------------------------------- random search
