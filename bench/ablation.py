@@ -23,8 +23,12 @@ from typing import Any
 import torch
 
 from onceforall.arch import Arch, SearchSpace
+from onceforall.checkpoints import STATE_FORMAT, read_file
 from onceforall.cost import count_macs
-from onceforall.registry import load_supernet
+from onceforall.data import load_dataset
+from onceforall.registry import LoadedSupernet, load_supernet
+from onceforall.train import recipe_from_dict
+from onceforall.train.trainer import build_supernet
 from onceforall.workflow.data import dataset_evaluator, supernet_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +57,22 @@ def random_archs(space: SearchSpace, n: int, seed: int, size: int) -> list[Arch]
     return [space.validate(Arch(**{**a.__dict__, "image_size": size})) for a in drawn]
 
 
+def from_training_state(path: Path) -> tuple[LoadedSupernet, dict[str, Any]]:
+    """The supernet inside an unfinished run's `checkpoint.pt` (a partial result), and where it stopped."""
+    state = read_file(path, "training state")
+    recipe = recipe_from_dict(state["recipe"])
+    info = load_dataset(recipe.data.name, recipe.data.root)
+    net = build_supernet(recipe, info.n_classes, info.in_channels)
+    net.load_state_dict(state["model"])
+    return LoadedSupernet(net, {"recipe": state["recipe"], "source": str(path)}), state["position"]
+
+
 def score_arm(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    loaded = load_supernet(path)
+    position = None
+    if read_file(path, "supernet or training state").get("format") == STATE_FORMAT:
+        loaded, position = from_training_state(path)
+    else:
+        loaded = load_supernet(path)
     space = loaded.net.search_space()
     source = supernet_data(loaded)
     # The recipes calibrate on a few images to keep per-phase validation cheap; scoring uses more.
@@ -82,6 +100,7 @@ def score_arm(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     accs = [r["top1"] for r in randoms]
     return {
         "supernet": str(path),
+        "partial": position,  # None for a finished run's supernet; else the (phase, epoch, step) reached
         "corners": corners,
         "corner_images": n_full,
         "random": randoms,
