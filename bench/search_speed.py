@@ -137,6 +137,33 @@ def spread(values: list[float]) -> str:
     return f"{100 * min(values):.3f}-{100 * max(values):.3f} % (spread {100 * (max(values) - min(values)):.3f} pts)"
 
 
+def summary(args: argparse.Namespace, reference: float, ours: list, theirs: list) -> None:
+    print(
+        f"\n{args.generations} generations, population 100, budget {args.budget:g} MMACs, "
+        f"{len(RESOLUTIONS)} resolutions, 1 torch thread"
+    )
+    times = [t for t, _ in ours]
+    accs = [a for _, a in ours]
+    print(
+        f"ours, {len(ours)} seeds: median {statistics.median(times):.2f} s (max {max(times):.2f}), "
+        f"best {spread(accs)}, worst gap to the reference {100 * (reference - min(accs)):.3f} pts"
+    )
+    if theirs:
+        t_times = [t for t, _ in theirs]
+        t_accs = [a for _, a in theirs]
+        ratios = [t / o for (t, _), (o, _) in zip(theirs, ours)]
+        diffs = [o - t for (_, t), (_, o) in zip(theirs, ours)]
+        print(
+            f"official, {len(theirs)} seeds: median {statistics.median(t_times):.2f} s, best {spread(t_accs)}, "
+            f"worst gap {100 * (reference - min(t_accs)):.3f} pts"
+        )
+        print(
+            f"speed-up per seed: {', '.join(f'{r:.0f}x' for r in ratios)} (goal >= 100x); "
+            f"ours - official per seed: {', '.join(f'{100 * d:+.3f}' for d in diffs)} pts (goal >= 0)"
+        )
+    print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,32 +227,8 @@ def main() -> None:
             )
         print(line, flush=True)
 
-    print(
-        f"\n{args.generations} generations, population 100, budget {args.budget:g} MMACs, "
-        f"{len(RESOLUTIONS)} resolutions, 1 torch thread"
-    )
-    if not ours:
-        return
-    times = [t for t, _ in ours]
-    accs = [a for _, a in ours]
-    print(
-        f"ours, {len(ours)} seeds: median {statistics.median(times):.2f} s (max {max(times):.2f}), "
-        f"best {spread(accs)}, worst gap to the reference {100 * (reference - min(accs)):.3f} pts"
-    )
-    if theirs:
-        t_times = [t for t, _ in theirs]
-        t_accs = [a for _, a in theirs]
-        ratios = [t / o for (t, _), (o, _) in zip(theirs, ours)]
-        diffs = [o - t for (_, t), (_, o) in zip(theirs, ours)]
-        print(
-            f"official, {len(theirs)} seeds: median {statistics.median(t_times):.2f} s, best {spread(t_accs)}, "
-            f"worst gap {100 * (reference - min(t_accs)):.3f} pts"
-        )
-        print(
-            f"speed-up per seed: {', '.join(f'{r:.0f}x' for r in ratios)} (goal >= 100x); "
-            f"ours - official per seed: {', '.join(f'{100 * d:+.3f}' for d in diffs)} pts (goal >= 0)"
-        )
-    print(f"load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    if ours:
+        summary(args, reference, ours, theirs)
 
     if args.skip_nsga2:
         return
