@@ -10,6 +10,7 @@ import torch
 from test_train import needs_data, save_tiny_supernet
 
 from onceforall.arch import Arch
+from onceforall.cost import count_params
 from onceforall.registry import load_supernet
 from onceforall.specialize import pipeline
 from onceforall.specialize.finetune import distilling_finetuner
@@ -125,3 +126,47 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
     with torch.no_grad():
         out, tuned, untuned = exported(x), seen["after"].cpu().eval()(x), seen["before"].cpu().eval()(x)
     assert torch.allclose(out, tuned, atol=1e-4) and not torch.allclose(out, untuned, atol=1e-2)
+
+
+@needs_data
+def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    save_tiny_supernet(tmp_path / "supernet.pt")
+    loaded = load_supernet(tmp_path / "supernet.pt")
+    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
+    space = loaded.net.search_space()
+
+    def by_params(module, shape):  # the table: 1 ms per 100k parameters
+        ms = sum(p.numel() for p in module.parameters()) / 1e5
+        return lambda: Timing(ms, ms, ms, 1)
+
+    def slower(module, shape):  # the device: 30 % slower than the table says
+        ms = 1.3 * sum(p.numel() for p in module.parameters()) / 1e5
+        return lambda: Timing(ms, ms, ms, 1)
+
+    table = build_latency_table(
+        space, tmp_path / "lat.jsonl", rounds=1, statistic="median", measure=by_params
+    )
+    model = table.model(space)
+    largest = float(model(space.encode(space.max_arch()))[0])
+    fastest = float(model(space.encode(space.min_arch(min(space.resolutions))))[0])
+    monkeypatch.setattr(pipeline, "table_measurer", lambda table: slower)
+    roomy, tight = 0.8 * largest, 1.1 * fastest
+
+    class BiggerIsBetter:  # a predictor that always wants the largest subnet the budget allows
+        def bind(self, space):
+            return lambda population: count_params(space, population).double() / 1e8
+
+    results = specialize(evaluator, BiggerIsBetter(), table, [tight, roomy], tmp_path / "out", rounds=1)
+
+    met, missed = results[1], results[0]
+    assert met.rounds >= 2 and met.within_budget and met.measured_ms <= roomy
+    assert met.search_budget_ms < roomy and met.predicted_ms <= met.search_budget_ms
+    assert not missed.within_budget and missed.measured_ms > tight
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"No subnet found for {tight:g} ms after {missed.rounds} search(es)" in report
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["within_budget"] for r in saved] == [False, True]
+    exported = json.loads((tmp_path / "out" / f"budget_{roomy:g}ms" / "arch.json").read_text())
+    assert exported == met.arch  # the folder holds the re-searched subnet, not the first choice

@@ -160,7 +160,7 @@ def print_specialized(results: list[Specialized], out: Path, as_json: bool = Fal
     from dataclasses import asdict
 
     table = Table(title="specialized subnets (latency measured on this machine, top-1 on the test set)")
-    for column in ("budget ms", "pred. ms", "meas. ms", "pred. top-1", "top-1 %", "MACs M"):
+    for column in ("budget ms", "pred. ms", "meas. ms", "within", "pred. top-1", "top-1 %", "MACs M"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in results:
         top1 = f"{r.top1:.2f}" + (f" -> {r.finetuned_top1:.2f}" if r.finetuned_top1 is not None else "")
@@ -168,6 +168,7 @@ def print_specialized(results: list[Specialized], out: Path, as_json: bool = Fal
             f"{r.budget_ms:g}",
             f"{r.predicted_ms:.2f}",
             f"{r.measured_ms:.2f}",
+            "yes" if r.within_budget else f"no (+{r.measured_ms - r.budget_ms:.2f})",
             f"{r.predicted_top1:.2f}",
             top1,
             f"{r.macs / 1e6:.1f}",
