@@ -264,7 +264,8 @@ def _initial(
         eff = efficiency(candidates)
         evaluated += len(candidates)
         ok = _feasible(eff, budget).nonzero().squeeze(1)
-        # each candidate its own slot: every unseen feasible one is taken, up to n in all
+        # each candidate its own slot: every unseen feasible one is taken, up to n in all (the
+        # surplus of the last batch stays marked seen: random archs, skipped later as repeats)
         taken = torch.tensor(seen.take(candidates, ok, torch.arange(len(candidates)), len(candidates)))
         taken = taken[: n - have].long()
         kept.append(candidates[taken])
