@@ -260,3 +260,38 @@ def test_real_backends_time_a_layer_and_restore_threads(backend):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
     assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms and timing.repeats == 3
+
+
+def test_validation_reports_the_machines_own_spread(space, tmp_path):
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend())
+    assert validate_latency_table(table, space, n=6, measure=FakeBackend()).spread == 0.0
+
+    class Drifting(FakeBackend):  # each time a subnet is prepared again it runs 10 % slower
+        def __init__(self):
+            super().__init__()
+            self.prepared: Counter = Counter()
+
+        def __call__(self, module, shape):
+            if not isinstance(module, SpecChain):
+                return super().__call__(module, shape)
+            factor = 1.0 + 0.1 * self.prepared[id(module.specs[0])]
+            self.prepared[id(module.specs[0])] += 1
+            value = factor * (sum(spec_cost(s) for s in module.specs) + OVERHEAD)
+            return lambda: Timing(value, value, value, 1)
+
+    report = validate_latency_table(
+        table, space, n=6, measure=Drifting(), repeats_for_spread=3, spread_repeats=2
+    )
+    assert report.spread == pytest.approx(100 * 0.2 / 1.1)  # (1.2 - 1.0) / median 1.1
+    assert report.to_dict()["spread"] == report.spread
+
+
+def test_another_library_version_warns_instead_of_refusing(space, tmp_path):
+    path = tmp_path / "t.jsonl"
+    build_latency_table(space, path, rounds=1, measure=FakeBackend())
+    meta = LatencyTable.load(path).meta
+    assert meta["torch"] == torch.__version__ and meta["onceforall"]
+    with pytest.warns(UserWarning, match=r"measured with torch 2\.13\.0.*\(here 9\.9\)"):
+        LatencyTable.load(path, expect={"torch": "9.9"})
+    with pytest.raises(LatencyTableError, match="threads: table 1, expected 2"):
+        LatencyTable.load(path, expect={"torch": "9.9", "threads": 2})

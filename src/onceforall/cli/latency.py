@@ -141,9 +141,16 @@ def latency_validate(
         )
     say(
         f"{report.n} subnets: {100 * report.within_10:.1f} % within ±10 %, MAPE {report.mape:.2f} %, "
-        f"Spearman {report.spearman:.3f}, max error {report.max_error:.1f} %"
+        f"Spearman {report.spearman:.3f}, max error {report.max_error:.1f} %; the machine's own spread "
+        f"{report.spread:.1f} % (the same subnets measured again)"
         + (f"; plot {report.plot}" if report.plot else ""),
         as_json,
     )
+    if report.spread > 5:
+        say(
+            f"warning: this machine disagrees with itself by {report.spread:.1f} % between measurements of the "
+            "same subnet: errors of that size are noise, not the table's; measure on a quiet machine",
+            as_json,
+        )
     if as_json:
         emit(report.to_dict())

@@ -116,6 +116,20 @@ def _ort_version() -> str | None:
     return onnxruntime.__version__
 
 
+# Settings whose difference makes a table's numbers doubtful rather than wrong: another library version
+# may be a little faster or slower, so a table from it is used with a warning, not refused.
+VERSION_KEYS = ("torch", "onnxruntime", "onceforall")
+
+
+def _own_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onceforall")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def current_settings(backend: str, device: str = "cpu", threads: int = 1, batch_size: int = 1) -> dict:
     """The settings a table measured here, now, would record (what `load(expect=...)` compares)."""
     if backend not in BACKENDS:
@@ -136,6 +150,7 @@ def current_settings(backend: str, device: str = "cpu", threads: int = 1, batch_
         "batch_size": batch_size,
         "torch": torch.__version__,
         "onnxruntime": _ort_version() if backend == "onnxruntime" else None,
+        "onceforall": _own_version(),
         "allocator": "onnxruntime arena" if backend == "onnxruntime" else reuse_freed_memory(apply=False),
     }
 
@@ -339,12 +354,22 @@ class LatencyTable:
         return table
 
     def check(self, expect: dict) -> None:
-        """Raise LatencyTableError naming every setting that differs from `expect`."""
+        """Raise LatencyTableError naming every setting that differs from `expect`; library versions
+        that differ (or that the table did not record) only warn."""
+        differs = [key for key, value in expect.items() if self.meta.get(key) != value]
+        versions = [k for k in differs if k in VERSION_KEYS]
         wrong = [
-            f"{key}: table {self.meta.get(key)!r}, expected {value!r}"
-            for key, value in expect.items()
-            if self.meta.get(key) != value
+            f"{key}: table {self.meta.get(key)!r}, expected {expect[key]!r}"
+            for key in differs
+            if key not in versions
         ]
+        if versions and not wrong:
+            found = ", ".join(f"{k} {self.meta.get(k, 'unrecorded')} (here {expect[k]})" for k in versions)
+            warnings.warn(
+                f"latency table {self.path or ''} was measured with {found}: its numbers may be off for "
+                "this installation; rebuild it with `ofa latency build` to be sure",
+                stacklevel=2,
+            )
         if wrong:
             where = f" {self.path}" if self.path else ""
             raise LatencyTableError(
@@ -762,9 +787,11 @@ class ValidationReport:
     predicted_ms: list[float]
     archs: list[dict]
     plot: str | None = None
+    spread: float = float("nan")  # the machine's own spread (%): re-measurements of the same subnets
 
     def to_dict(self, with_points: bool = False) -> dict:
-        out = {k: getattr(self, k) for k in ("n", "within_10", "mape", "spearman", "max_error", "plot")}
+        keys = ("n", "within_10", "mape", "spearman", "max_error", "spread", "plot")
+        out = {k: getattr(self, k) for k in keys}
         if with_points:
             out.update(measured_ms=self.measured_ms, predicted_ms=self.predicted_ms, archs=self.archs)
         return out
@@ -781,12 +808,16 @@ def validate_latency_table(
     progress: bool = False,
     measure: MeasureFn | None = None,
     chunk: int = 50,
+    repeats_for_spread: int = 5,
+    spread_repeats: int = 2,
 ) -> ValidationReport:
     """Measure `n` random subnets end to end with the table's settings and compare with its prediction.
 
     `subnet_fn(arch)` gives the module to time (e.g. a supernet's extracted subnet); by default the
     subnet is built from the space's layer specs. Reports the share within +-10 %, MAPE (%),
-    Spearman's rank correlation and the largest relative error (%); `plot` writes a
+    Spearman's rank correlation, the largest relative error (%), and the machine's own spread (the
+    median over `repeats_for_spread` subnets of (max - min) / median of their latency measured
+    1 + `spread_repeats` times, %): errors below it are noise, not the table's. `plot` writes a
     measured-vs-predicted PNG. Rounds are interleaved over `chunk` subnets at a time (more spreads
     each subnet's rounds over a longer time; fewer holds fewer prepared subnets in memory).
     """
@@ -803,10 +834,26 @@ def validate_latency_table(
         (lambda a=a: subnet_fn(a)) if subnet_fn is not None else (lambda c=c: SpecChain(c))
         for a, c in zip(archs, chains)
     ]
-    measured = _measure_subnets(
-        table, list(zip(factories, chains)), measure, progress, "measuring subnets", in_channels, chunk
-    )
+    subnets = list(zip(factories, chains))
+    measured = _measure_subnets(table, subnets, measure, progress, "measuring subnets", in_channels, chunk)
     errors = [abs(p - m) / m for p, m in zip(predicted, measured)]
+    # The same few subnets measured again: how far this machine disagrees with itself.
+    again = [
+        _measure_subnets(
+            table,
+            subnets[:repeats_for_spread],
+            measure,
+            progress,
+            f"re-measuring ({k + 2})",
+            in_channels,
+            chunk,
+        )
+        for k in range(spread_repeats)
+    ]
+    spreads = [
+        (max(runs) - min(runs)) / statistics.median(runs)
+        for runs in zip(measured[:repeats_for_spread], *again)
+    ]
     report = ValidationReport(
         n=n,
         within_10=sum(e <= 0.10 for e in errors) / n,
@@ -816,6 +863,7 @@ def validate_latency_table(
         measured_ms=measured,
         predicted_ms=predicted,
         archs=[a.to_dict() for a in archs],
+        spread=100 * statistics.median(spreads) if spreads else float("nan"),
     )
     if plot is not None:
         report.plot = str(plot_validation(report, plot, title=_title(table)))
