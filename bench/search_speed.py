@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from onceforall import Arch, OFAMobileNetV3
 from onceforall.specialize import LayerTable, count_macs
-from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import AccuracyPredictor, fit_predictor
 from onceforall.specialize.search import evolution_search, nsga2_search
+from onceforall.specialize.timing import torch_threads
 
 LISTS = dict(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
 RESOLUTIONS = (160, 176, 192, 208, 224)

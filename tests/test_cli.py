@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from onceforall.cli import app
 from onceforall.registry import load_supernet
-from onceforall.specialize.latency import LatencyTable, build_latency_table
+from onceforall.specialize.latency_build import build_latency_table
+from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.workflow.specialize import spread_budgets
 

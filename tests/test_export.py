@@ -13,7 +13,7 @@ import torch
 from onceforall import OFAMobileNetV3
 from onceforall.errors import ExportError
 from onceforall.export import export_onnx, export_subnet, export_torch, extract_subnet
-from onceforall.specialize.latency import torch_threads
+from onceforall.specialize.timing import torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)

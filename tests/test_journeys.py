@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from onceforall.cli import app
 from onceforall.registry import REGISTRY, load_supernet, registered
-from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.specialize.timing import torch_threads
 
 import ofa_reference
 

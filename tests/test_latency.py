@@ -14,19 +14,10 @@ from onceforall import OFAMobileNetV3
 from onceforall.cost import distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
-from onceforall.specialize.latency import (
-    LatencyTable,
-    Measurer,
-    SpecChain,
-    Timing,
-    build_latency_table,
-    current_settings,
-    merge_latency_tables,
-    spec_key,
-    subnet_specs,
-    torch_threads,
-    validate_latency_table,
-)
+from onceforall.specialize.latency_build import build_latency_table, merge_latency_tables
+from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
+from onceforall.specialize.latency_validate import validate_latency_table
+from onceforall.specialize.timing import Measurer, Timing, current_settings, torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,9 +19,9 @@ import yaml
 
 from onceforall import OFAMobileNetV3, OFAProxylessNASNets, OFAResNets
 from onceforall.errors import LatencyTableError, PredictorError
-from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.official import official_latency_model, read_lookup_table
 from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.specialize.timing import torch_threads
 
 import ofa_reference
 

@@ -14,9 +14,10 @@ from onceforall.cost import count_params
 from onceforall.registry import load_supernet
 from onceforall.specialize import pipeline
 from onceforall.specialize.finetune import distilling_finetuner
-from onceforall.specialize.latency import Timing, build_latency_table
+from onceforall.specialize.latency_build import build_latency_table
 from onceforall.specialize.pipeline import specialize
 from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.specialize.timing import Timing
 from onceforall.workflow.data import dataset_evaluator, supernet_data, training_loader
 
 

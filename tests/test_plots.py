@@ -12,7 +12,8 @@ from matplotlib.collections import PathCollection, PolyCollection
 from matplotlib.text import Text
 
 from onceforall.specialize import plots
-from onceforall.specialize.latency import LatencyTable, ValidationReport, _title
+from onceforall.specialize.latency_table import LatencyTable
+from onceforall.specialize.latency_validate import ValidationReport, _title
 from onceforall.specialize.pipeline import Specialized, report
 from onceforall.specialize.search import ParetoResult
 

@@ -9,7 +9,6 @@ import torch
 
 from onceforall import OFAMobileNetV3
 from onceforall.errors import PredictorError
-from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.predictor import (
     AccuracyDataset,
     AccuracyPredictor,
@@ -17,6 +16,7 @@ from onceforall.specialize.predictor import (
     fit_predictor,
     unique_samples,
 )
+from onceforall.specialize.timing import torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)

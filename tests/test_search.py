@@ -9,8 +9,8 @@ import torch
 from onceforall import OFAMobileNetV3
 from onceforall.errors import ArchError, SearchError
 from onceforall.specialize import LayerTable, count_macs
-from onceforall.specialize.latency import torch_threads
 from onceforall.specialize.search import _parents, evolution_search, nsga2_search, random_search
+from onceforall.specialize.timing import torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)

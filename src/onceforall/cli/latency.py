@@ -23,13 +23,10 @@ from onceforall.cli.common import (
 )
 from onceforall.errors import OFAError
 from onceforall.export import extract_subnet
-from onceforall.specialize.latency import (
-    LatencyTable,
-    build_latency_table,
-    current_settings,
-    merge_latency_tables,
-    validate_latency_table,
-)
+from onceforall.specialize.latency_build import build_latency_table, merge_latency_tables
+from onceforall.specialize.latency_table import LatencyTable
+from onceforall.specialize.latency_validate import validate_latency_table
+from onceforall.specialize.timing import current_settings
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from onceforall.arch import Arch
 from onceforall.data import FolderLoader, TensorLoader
-from onceforall.specialize.latency import progress_bar
+from onceforall.progress import progress_bar
 from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.schedule import learning_rate
 from onceforall.train.step import distillation_loss

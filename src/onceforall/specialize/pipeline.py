@@ -22,16 +22,13 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import LayerTable, count_macs, count_params
 from onceforall.export import export_subnet
 from onceforall.io import write_json_atomic, write_text_atomic
-from onceforall.specialize.latency import (
-    LatencyTable,
-    measure_rounds,
-    progress_bar,
-    summarize,
-    table_measurer,
-)
+from onceforall.progress import progress_bar
+from onceforall.specialize.latency_build import table_measurer
+from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.plots import plot_pareto
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search, smallest
+from onceforall.specialize.timing import measure_rounds, summarize
 from onceforall.train.evaluate import SubnetEvaluator, accuracy
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from matplotlib.text import Text
 
     from onceforall.arch import SearchSpace
-    from onceforall.specialize.latency import ValidationReport
+    from onceforall.specialize.latency_validate import ValidationReport
     from onceforall.specialize.pipeline import Specialized
     from onceforall.specialize.search import ParetoResult
 

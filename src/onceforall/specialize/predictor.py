@@ -31,7 +31,8 @@ from onceforall.arch import Arch, SearchSpace
 from onceforall.checkpoints import check_finite, read_file
 from onceforall.errors import CheckpointError, OFAError, PredictorError
 from onceforall.io import save_atomic
-from onceforall.specialize.latency import progress_bar, torch_threads
+from onceforall.progress import progress_bar
+from onceforall.specialize.timing import torch_threads
 
 FORMAT = "onceforall.predictor"
 VERSION = 1

@@ -17,7 +17,7 @@ import torch
 
 from onceforall.arch import Arch, SearchSpace
 from onceforall.errors import SearchError
-from onceforall.specialize.latency import torch_threads
+from onceforall.specialize.timing import torch_threads
 
 PopulationFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -10,8 +10,8 @@ from typing import Any
 from onceforall.arch import Arch, SearchSpace
 from onceforall.cost import count_macs, count_params
 from onceforall.errors import ArchError
+from onceforall.progress import progress_bar
 from onceforall.registry import LoadedSupernet
-from onceforall.specialize.latency import progress_bar
 from onceforall.workflow.data import dataset_evaluator, supernet_data
 
 MAX_ARCH_FILE = 1 << 20  # an arch file is a few hundred bytes; refuse to parse anything huge

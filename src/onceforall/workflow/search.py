@@ -10,7 +10,7 @@ import torch
 from onceforall.arch import SearchSpace
 from onceforall.cost import LayerTable
 from onceforall.errors import OFAError
-from onceforall.specialize.latency import LatencyTable
+from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import (
     ParetoResult,

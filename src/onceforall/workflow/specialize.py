@@ -13,10 +13,12 @@ from onceforall.errors import OFAError, PredictorError
 from onceforall.io import FolderLock, remove_stale_tmp
 from onceforall.registry import LoadedSupernet, predictor_path
 from onceforall.specialize.finetune import distilling_finetuner
-from onceforall.specialize.latency import LatencyTable, build_latency_table, current_settings
+from onceforall.specialize.latency_build import build_latency_table
+from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.pipeline import Specialized, check_budgets
 from onceforall.specialize.pipeline import specialize as run_pipeline
 from onceforall.specialize.predictor import AccuracyPredictor
+from onceforall.specialize.timing import current_settings
 from onceforall.workflow.data import dataset_evaluator, supernet_data, training_loader
 
 _SCALES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}

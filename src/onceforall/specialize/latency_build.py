@@ -1,0 +1,241 @@
+"""Building latency tables: measure a space's layers (resumable, shardable), merge shard files,
+and calibrate a table on whole subnets measured end to end."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from onceforall.arch import SearchSpace
+from onceforall.cost import distinct_specs
+from onceforall.errors import LatencyTableError
+from onceforall.nn.spec import LayerSpec
+from onceforall.progress import progress_bar
+from onceforall.specialize.latency_table import (
+    Calibration,
+    LatencyTable,
+    SpecChain,
+    _append,
+    _header,
+    _open_table,
+    _read,
+    refuse_foreign,
+    spec_key,
+    subnet_specs,
+)
+from onceforall.specialize.timing import (
+    STATISTICS,
+    MeasureFn,
+    Measurer,
+    Timing,
+    current_settings,
+    empty_call_ms,
+    measure_rounds,
+    summarize,
+)
+
+
+def build_latency_table(
+    space: SearchSpace,
+    path: str | Path,
+    backend: str = "torch",
+    device: str = "cpu",
+    threads: int = 1,
+    batch_size: int = 1,
+    warmup: int = 10,
+    repeats: int = 20,
+    rounds: int = 5,
+    statistic: str = "p10",
+    shard: tuple[int, int] = (0, 1),
+    calibration_subnets: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    measure: MeasureFn | None = None,
+) -> LatencyTable:
+    """Measure every distinct layer of `space` (this shard's share), appending each round to `path`.
+
+    Each layer is timed `rounds` times (`warmup` untimed and `repeats` timed runs each), interleaved
+    with the other layers of its chunk. A file left by a killed build is resumed: rounds already in
+    it are not measured again. With `shard=(rank, world)` only the specs with index % world == rank
+    are measured; combine the shard files with `merge_latency_tables`. An unsharded build ends by
+    calibrating on whole subnets. `measure(module, input_shape) -> timer` replaces the backend (tests).
+    """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise LatencyTableError(f"shard {rank}/{world} is invalid: need 0 <= rank < world")
+    if statistic not in STATISTICS:
+        raise LatencyTableError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
+    if rounds < 1 or repeats < 1 or warmup < 0:
+        raise LatencyTableError(
+            f"need rounds >= 1, repeats >= 1, warmup >= 0; got {rounds}, {repeats}, {warmup}"
+        )
+    meta = {
+        **current_settings(backend, device, threads, batch_size),
+        "warmup": warmup,
+        "repeats": repeats,
+        "rounds": rounds,
+        "statistic": statistic,
+        "space": space.name,
+        "resolutions": list(space.resolutions),
+        "shard": [rank, world],
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = Path(path)
+    table = _open_table(path, meta)
+    specs = [s for i, s in enumerate(distinct_specs(space)) if i % world == rank]
+    keys = [spec_key(s) for s in specs]
+    measure = measure or Measurer(backend, device, threads, batch_size, warmup, repeats)
+    todo = sum(rounds - len(table.rounds.get(k, {})) for k in keys)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"measuring {len(specs)} layers ({backend}, {device})", total=todo)
+
+        def done(i: int, r: int, timing: Timing) -> None:
+            record = {"type": "layer", "key": keys[i], "round": r, "spec": asdict(specs[i]), **asdict(timing)}
+            _append(path, [record])
+            table.rounds.setdefault(keys[i], {})[r] = timing
+            table.specs[keys[i]] = record["spec"]
+            bar.advance(task)
+
+        items = [(spec.build, spec.input_shape(batch_size)) for spec in specs]
+        measure_rounds(
+            items, measure, rounds, done=done, skip=lambda i, r: r in table.rounds.get(keys[i], {})
+        )
+    if world == 1 and table.calibration is None:
+        calibrate_latency_table(table, space, calibration_subnets, seed, progress, measure)
+    return table
+
+
+def merge_latency_tables(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    space: SearchSpace,
+    calibration_subnets: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    measure: MeasureFn | None = None,
+) -> LatencyTable:
+    """Combine shard files into one table at `out`, then calibrate it here (same settings required)."""
+    tables = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise LatencyTableError(f"shard file {p} does not exist")
+        table, bad = _read(Path(p))
+        if table is None:
+            raise LatencyTableError(f"{p} is not a latency table (no header line)")
+        if bad:
+            raise LatencyTableError(f"{p}: malformed lines {bad[:5]}; resume that shard's build first")
+        tables.append(table)
+    first = tables[0]
+    for table in tables[1:]:
+        table.check({k: v for k, v in first.meta.items() if k not in ("shard", "created")})
+    if first.meta.get("space") != space.name:
+        raise LatencyTableError(f"the shards are for space {first.meta.get('space')!r}, not {space.name!r}")
+    merged = LatencyTable(meta={**first.meta, "shard": [0, 1]}, path=Path(out))
+    for table in tables:
+        merged.rounds.update(table.rounds)
+        merged.specs.update(table.specs)
+    missing = merged.missing(space)
+    if missing:
+        raise LatencyTableError(
+            f"the shards lack {len(missing)} layers (e.g. {spec_key(missing[0])}); finish every shard's build"
+        )
+    records = [_header(merged.meta)]
+    for key, rounds in merged.rounds.items():
+        for r, timing in sorted(rounds.items()):
+            records.append(
+                {"type": "layer", "key": key, "round": r, "spec": merged.specs[key], **asdict(timing)}
+            )
+    out = Path(out)
+    refuse_foreign(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(b"")
+    _append(tmp, records)
+    os.replace(tmp, out)
+    calibrate_latency_table(merged, space, calibration_subnets, seed, progress, measure)
+    return merged
+
+
+def table_measurer(table: LatencyTable) -> Measurer:
+    """A Measurer with the table's settings; refuses if this machine is not the one it was measured on."""
+    m = table.meta
+    settings = (m["backend"], m["device"], m["threads"], m["batch_size"])
+    table.check(current_settings(*settings))
+    return Measurer(*settings, m["warmup"], m["repeats"])
+
+
+def calibrate_latency_table(
+    table: LatencyTable,
+    space: SearchSpace,
+    n_subnets: int = 10,
+    seed: int = 0,
+    progress: bool = False,
+    measure: MeasureFn | None = None,
+) -> Calibration:
+    """Fit `scale` and `overhead` on whole subnets (random ones plus the min and the max) measured here.
+
+    The per-call overhead is measured on an empty model; a robust (Theil-Sen) line through
+    (layer sum, measured) gives scale and overhead; with a degenerate fit the scale stays 1 and the
+    overhead is the median residual. The subnets are measured in rounds interleaved over all of
+    them, so a burst of load cannot hit every round of one subnet. Appended to the table file.
+    """
+    measure = measure or table_measurer(table)
+    call = empty_call_ms(measure, table.statistic) if isinstance(measure, Measurer) else 0.0
+    population = torch.cat(
+        [
+            space.sample(n_subnets, torch.Generator().manual_seed(seed)),
+            space.encode([space.min_arch(space.resolutions[0]), space.max_arch(space.resolutions[-1])]),
+        ]
+    )
+    archs = space.decode(population)
+    chains = subnet_specs(space, population)
+    items = [(lambda c=c: SpecChain(c), c) for c in chains]
+    measured = _measure_subnets(table, items, measure, progress, "calibrating", chunk=len(items))
+    sums = [table.layer_sum(c, call) for c in chains]
+    scale, overhead = _fit_line(sums, measured)
+    subnets = [
+        {"arch": a.to_dict(), "layer_sum_ms": s, "measured_ms": m} for a, s, m in zip(archs, sums, measured)
+    ]
+    table.calibration = Calibration(call, scale, overhead, subnets)
+    if table.path is not None:
+        _append(table.path, [{"type": "calibration", **asdict(table.calibration)}])
+    return table.calibration
+
+
+def _measure_subnets(
+    table: LatencyTable,
+    subnets: Sequence[tuple[Callable[[], nn.Module], list[LayerSpec]]],
+    measure: MeasureFn,
+    progress: bool,
+    description: str,
+    in_channels: int | None = None,
+    chunk: int = 25,
+) -> list[float]:
+    """Median latency (ms) of whole subnets, measured in interleaved rounds like the layers."""
+    batch, rounds = table.meta["batch_size"], table.meta.get("rounds", 1)
+    items = []
+    for factory, specs in subnets:
+        first = specs[0]
+        items.append((factory, (batch, in_channels or first.in_channels, first.in_size, first.in_size)))
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description, total=len(items) * rounds)
+        timings = measure_rounds(items, measure, rounds, chunk=chunk, done=lambda i, r, t: bar.advance(task))
+    return [summarize(t, table.statistic) for t in timings]
+
+
+def _fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Robust (Theil-Sen) line y = scale * x + offset; scale 1 and the median residual if degenerate."""
+    from scipy.stats import theilslopes
+
+    if len(x) >= 3 and max(x) > min(x):
+        scale, offset = theilslopes(y, x)[:2]
+        if 0.5 <= scale <= 2.0:
+            return float(scale), float(offset)
+    return 1.0, statistics.median(b - a for a, b in zip(x, y))
