@@ -51,8 +51,11 @@ def official_checkpoint(net_id: str, path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
+    return image_folder_at(tmp_path_factory.mktemp("folder"))
+
+
+def image_folder_at(root: Path) -> Path:
     """train/ and val/ of three classes, a few 48 px RGB images each."""
-    root = tmp_path_factory.mktemp("folder")
     rng = np.random.default_rng(0)
     for split, count in (("train", 3), ("val", 2)):
         for c, name in enumerate(CLASSES):

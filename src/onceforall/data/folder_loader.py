@@ -6,6 +6,7 @@ The streaming counterpart of `TensorLoader`, with the same interface so a traine
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -137,7 +138,7 @@ class FolderLoader:
         world_size: int = 1,
         device: torch.device | str | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
-        workers: int = 4,
+        workers: int | None = None,
         classes: Sequence[str] | None = None,
     ) -> None:
         if batch_size < 1:
@@ -149,6 +150,8 @@ class FolderLoader:
         for name, (lo, hi) in (("scale", scale), ("ratio", ratio)):
             if not 0 < lo <= hi:
                 raise DataError(f"{name}={(lo, hi)} is not a range; pass (low, high) with 0 < low <= high")
+        if workers is None:  # as many as the cores, at most 4: more only makes the DataLoader warn and wait
+            workers = min(4, os.cpu_count() or 1)
         if workers < 0:
             raise DataError(f"workers={workers} must be 0 (decode in this process) or more")
         if isinstance(dataset, ImageFolder):

@@ -126,7 +126,8 @@ def time_call(
         if sync is not None:
             sync()
         samples.append((now() - start) * 1e3)
-    deciles = statistics.quantiles(samples, n=10) if repeats > 1 else samples * 9
+    # "inclusive": deciles stay within the samples (the default extrapolates: p10 < 0 from 2 samples)
+    deciles = statistics.quantiles(samples, n=10, method="inclusive") if repeats > 1 else samples * 9
     return Timing(statistics.median(samples), deciles[0], deciles[-1], repeats)
 
 
