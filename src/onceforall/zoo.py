@@ -59,6 +59,7 @@ SPECIALIZED_NETS: tuple[str, ...] = tuple(
     + _expand("cpu_lat@{}_finetune@25", "17ms_top1@75.7 15ms_top1@74.6 11ms_top1@72.0 10ms_top1@71.1")
 )
 
+
 # ---------------------------------------------------------------------------------------------- networks
 def ofa_net(
     net_id: str, checkpoint: str | Path | Mapping | None = None, *, n_classes: int = 1000, **kwargs: Any
