@@ -6,7 +6,7 @@ from onceforall.data.fashion_mnist import load_fashion_mnist, read_idx
 from onceforall.data.folder_loader import FolderLoader
 from onceforall.data.image_folder import ImageFolder, find_classes
 from onceforall.data.loader import TensorLoader
-from onceforall.data.registry import DatasetInfo, load_dataset
+from onceforall.data.registry import DatasetInfo, load_dataset, with_channels
 from onceforall.data.splits import holdout_split
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "random_flip",
     "random_resized_crop",
     "read_idx",
+    "with_channels",
 ]

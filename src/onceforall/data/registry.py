@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,4 +135,23 @@ def load_dataset(name_or_path: str | Path, root: str | Path | None = None) -> Da
     raise DataError(
         f"unknown dataset {str(name_or_path)!r}: not one of {sorted(_ALIASES)} and not a folder; "
         f"pass a known name or the path of an ImageFolder root (with train/ and val/)"
+    )
+
+
+def with_channels(info: DatasetInfo, channels: int | None) -> DatasetInfo:
+    """`info` with grey images repeated into `channels` (3: RGB), for a supernet made for colour images."""
+    if channels is None or channels == info.in_channels:
+        return info
+    if info.in_channels != 1 or channels != 3 or not info.in_memory:
+        raise DataError(
+            f"{info.name} has {info.in_channels} channel(s); only grey in-memory images become 3 channels "
+            f"(data.channels: 3), not {channels}"
+        )
+    return dataclasses.replace(
+        info,
+        in_channels=3,
+        mean=info.mean * 3,
+        std=info.std * 3,
+        train_images=info.train_images.expand(-1, 3, -1, -1),
+        test_images=info.test_images.expand(-1, 3, -1, -1),
     )

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from onceforall.data import DatasetInfo, FolderLoader, ImageFolder, TensorLoader, holdout_split, load_dataset
+from onceforall.data import (
+    DatasetInfo,
+    FolderLoader,
+    ImageFolder,
+    TensorLoader,
+    holdout_split,
+    load_dataset,
+    with_channels,
+)
 from onceforall.errors import ConfigError
 from onceforall.train.distributed import World
 from onceforall.train.recipe import DataConfig
@@ -110,7 +118,7 @@ def run_data(
     world: World,
     device: torch.device,
 ) -> RunData:
-    info = load_dataset(cfg.name, cfg.root)
+    info = with_channels(load_dataset(cfg.name, cfg.root), cfg.channels)
     train, holdout, test = splits(info, cfg.holdout, cfg.limit)
     shard = dict(rank=world.rank, world_size=world.size, device=device, memory_format=torch.channels_last)
     extra = {"workers": cfg.workers} if not info.in_memory else {}

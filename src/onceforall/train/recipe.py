@@ -188,6 +188,8 @@ class DataConfig:
     batch_size: _int(1, MAX_BATCH, "e.g. 256") = 256
     eval_batch_size: _int(1, MAX_BATCH, "e.g. 500") = 500
     workers: _int(0, 256, "0 decodes in the main process, e.g. 4") = 4
+    # 3 turns grey images into RGB ones (the channel repeated), for supernets made for colour (transfer).
+    channels: _int(1, 3, "1 or 3 (leave it out for the dataset's own)") | None = None
 
 
 @dataclass(frozen=True)

@@ -216,25 +216,38 @@ class Trainer:
         self._resumed_optimizer = state["optimizer"]
 
     def _load_init(self, path: Path) -> None:
-        """Start from the weights of a supernet file (`init`): e.g. a teacher run's `supernet.pt`, so that
-        several recipes share one teacher; their first distilling phase takes its max subnet as teacher."""
+        """Start from the weights of a supernet file (`init`): ours (e.g. a teacher run's `supernet.pt`, so
+        that several recipes share one teacher) or an official checkpoint (transfer learning). A classifier
+        for another class count is replaced by this recipe's freshly initialised one, and the run says so.
+        """
         if not path.is_file():
             raise ConfigError(
                 f"init = {str(path)!r} does not exist; give a supernet file written by `ofa train` "
-                "(RUN/supernet.pt or RUN/phase<i>_<name>.pt), relative to the working directory"
+                "(RUN/supernet.pt or RUN/phase<i>_<name>.pt) or an official checkpoint, relative to the "
+                "working directory"
             )
         source = load_supernet(path).net.state_dict()
         target = self.net.state_dict()
-        mismatched = sorted(
-            k for k in source.keys() | target.keys() if k not in source or k not in target
-        ) or sorted(k for k in target if source[k].shape != target[k].shape)
+        head = {k for k in target if k.startswith("classifier.")}
+        replaced = sorted(k for k in head if k in source and source[k].shape != target[k].shape)
+        mismatched = sorted(k for k in source.keys() | target.keys() if k not in source or k not in target)
+        mismatched = mismatched or sorted(
+            k for k in target if k not in replaced and source[k].shape != target[k].shape
+        )
         if mismatched:
             raise ConfigError(
                 f"init = {str(path)!r} is a different supernet than this recipe's net (first of "
-                f"{len(mismatched)} differing keys: {mismatched[:3]}); use the same net settings as the run "
-                "that wrote it"
+                f"{len(mismatched)} differing keys: {mismatched[:3]}); use the same net settings as the file "
+                "(family, widths, lists, strides; data.channels: 3 for a colour supernet on grey images)"
             )
-        self.net.load_state_dict(source)
+        self.net.load_state_dict({k: target[k] if k in replaced else source[k] for k in target})
+        if replaced:
+            old, new = source[replaced[0]].shape[0], target[replaced[0]].shape[0]
+            self.console.print(
+                f"init: {path} classifies {old} classes, the data {new}: its classifier is replaced by a new "
+                "one; every other weight is the file's",
+                markup=False,
+            )
 
     def _check_resumable(self, saved: Recipe, path: Path, finished: int = 0) -> None:
         """A run resumes under its own recipe, or one that only appends phases to it or changes the

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from onceforall.data import DatasetInfo, FolderLoader, TensorLoader, load_dataset
+from onceforall.data import DatasetInfo, FolderLoader, TensorLoader, load_dataset, with_channels
 from onceforall.errors import DataError
 from onceforall.registry import LoadedSupernet
 from onceforall.train.data import Source, calibration_batches, make_loader, source_size, splits, subset
@@ -48,6 +48,8 @@ def supernet_data(loaded: LoadedSupernet, data: str | None = None, root: str | N
             "root with train/ and val/"
         )
     info = load_dataset(name, root or (config.get("root") if data is None else None))
+    # Grey images for a colour supernet (an official one, or one trained with data.channels: 3): repeat.
+    info = with_channels(info, 3 if info.in_channels == 1 and net.in_channels == 3 else None)
     if info.n_classes != net.n_classes or info.in_channels != net.in_channels:
         raise DataError(
             f"{name} has {info.n_classes} classes and {info.in_channels} channels; the supernet expects "
