@@ -132,7 +132,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             s=9,
             alpha=0.45,
             color=color,
-            label=f"{label}: {len(arm['random'])} random",
+            label=f"{label}: {len(arm['random'])} random (first {arm['random_images']} test images)",
         )
         same = all("top1_random_images" in r for r in arm["corners"])
         # Corners as markers only: sorted by MACs they zigzag (K7 at depth 2 costs less than K3 at depth 4).
@@ -144,11 +144,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
             color=color,
             edgecolors="black",
             linewidths=0.6,
-            label=f"{label}: 8 corners" + ("" if same else f" ({arm['corner_images']} test images)"),
+            label=f"{label}: 8 corners (first {arm['random_images' if same else 'corner_images']} test images)",
         )
     ax.set_xlabel("MACs (M), 28 px")
-    images = next(iter(results["arms"].values()))["random_images"]
-    ax.set_ylabel(f"top-1 (%) on the first {images} test images")
+    ax.set_ylabel("test top-1 (%), BN recalibrated")
     ax.set_title("Fashion-MNIST, one shared teacher, equal epochs (issue #23)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
