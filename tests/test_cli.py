@@ -32,7 +32,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 def specialize(tiny: dict[str, Path], out: Path, *extra: str):
     args = ["specialize", "--supernet", tiny["supernet"], "--predictor", tiny["predictor"]]
-    args += ["--table", tiny["table"], "--out", out, *extra]
+    args += ["--table", tiny["table"], "--out", out, "--formats", "onnx", "--max-searches", "1"]
+    args += ["--generations", "50", *extra]
     return CliRunner().invoke(app, [str(a) for a in args])
 
 

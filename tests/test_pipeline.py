@@ -34,13 +34,15 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
     predictor = AccuracyPredictor.for_space(space)
     budget = float(table.model(space)(space.encode(space.max_arch()))[0])  # feasible for sure
 
-    (result,) = specialize(evaluator, predictor, table, [budget], tmp_path / "out", rounds=2)
+    (result,) = specialize(
+        evaluator, predictor, table, [budget], tmp_path / "out", rounds=2, max_rounds=1, generations=50
+    )
 
     assert result.predicted_ms <= budget and result.measured_ms > 0
     assert images == 10000
     assert result.top1 == pytest.approx(evaluator(Arch.from_dict(result.arch))[0], abs=1e-9)
     folder = tmp_path / "out" / f"budget_{budget:g}ms"
-    assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.pt2", "arch.json"}
+    assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.pt2", "arch.json"}  # both by default
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["arch"] == result.arch
     report = (tmp_path / "out" / "report.md").read_text()
     assert f"| {budget:g} | {result.predicted_ms:.2f} |" in report
@@ -82,6 +84,9 @@ def test_subnets_are_timed_in_interleaved_rounds_with_the_tables_statistic(
         [0.9 * largest, largest],
         tmp_path / "out",
         rounds=3,
+        formats=("onnx",),
+        max_rounds=1,
+        generations=50,
     )
 
     assert [r.measured_ms for r in results] == [1.0, 1.0]  # back to back: 10 ms for the first
@@ -116,6 +121,9 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
         tmp_path / "out",
         rounds=1,
         finetune=tune,
+        formats=("pt2",),
+        max_rounds=1,
+        generations=50,
     )
 
     assert len(seen["losses"]) == 2 and seen["steps"] == 8  # TINY: 256 training images, batch 32
@@ -159,7 +167,16 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
         def bind(self, space):
             return lambda population: count_params(space, population).double() / 1e8
 
-    results = specialize(evaluator, BiggerIsBetter(), table, [tight, roomy], tmp_path / "out", rounds=1)
+    results = specialize(
+        evaluator,
+        BiggerIsBetter(),
+        table,
+        [tight, roomy],
+        tmp_path / "out",
+        rounds=1,
+        formats=("onnx",),
+        generations=50,
+    )
 
     met, missed = results[1], results[0]
     assert met.rounds >= 2 and met.within_budget and met.measured_ms <= roomy

@@ -30,7 +30,7 @@ from onceforall.specialize.pipeline import Specialized
 from onceforall.workflow.specialize import parse_budgets, parse_formats, specialize_supernet
 
 BackendOpt = Annotated[str, typer.Option(help="torch or onnxruntime")]
-ThreadsOpt = Annotated[int, typer.Option(min=1, help="CPU threads of the target")]
+ThreadsOpt = Annotated[int, typer.Option(min=1, max=256, help="CPU threads of the target")]
 FormatsOpt = Annotated[str, typer.Option(help="comma-separated export formats: onnx, pt2")]
 PredictorOpt = Annotated[
     Path | None,
@@ -69,7 +69,7 @@ def demo(
     ] = "",
     backend: BackendOpt = "torch",
     threads: ThreadsOpt = 1,
-    finetune_epochs: Annotated[int, typer.Option(min=0, help="fine-tuning epochs per subnet")] = 0,
+    finetune_epochs: Annotated[int, typer.Option(min=0, max=1000, help="fine-tuning epochs per subnet")] = 0,
     data: DataOpt = None,
     root: RootOpt = None,
     device: DeviceOpt = None,
@@ -123,11 +123,22 @@ def specialize(
     data: DataOpt = None,
     root: RootOpt = None,
     finetune_epochs: Annotated[
-        int, typer.Option(min=0, help="fine-tune each subnet this many epochs, distilling from the largest")
+        int,
+        typer.Option(
+            min=0, max=1000, help="fine-tune each subnet this many epochs, distilling from the largest"
+        ),
     ] = 0,
-    finetune_lr: Annotated[float, typer.Option(min=0.0, help="fine-tuning learning rate (cosine)")] = 0.01,
+    finetune_lr: Annotated[
+        float, typer.Option(min=0.0, max=10.0, help="fine-tuning learning rate (cosine)")
+    ] = 0.01,
     seed: Annotated[int, typer.Option(help="search seed")] = 0,
     formats: FormatsOpt = "onnx,pt2",
+    max_searches: Annotated[
+        int, typer.Option(min=1, max=10, help="searches per budget while the chosen subnet measures over it")
+    ] = 3,
+    generations: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="evolution generations per search")
+    ] = 500,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -151,6 +162,8 @@ def specialize(
             data,
             root,
             parse_formats(formats),
+            max_searches,
+            generations,
         )
     print_specialized(results, out, as_json)
 

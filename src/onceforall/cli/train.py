@@ -64,7 +64,7 @@ def evaluate(
     data: DataOpt = None,
     root: RootOpt = None,
     resolution: Annotated[
-        int | None, typer.Option(min=1, help="input size (default: the arch's, or the largest)")
+        int | None, typer.Option(min=1, max=4096, help="input size (default: the arch's, or the largest)")
     ] = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
@@ -92,10 +92,13 @@ def acc_dataset(
     resolutions: ResolutionsOpt = "",
     data: DataOpt = None,
     root: RootOpt = None,
-    n: Annotated[int, typer.Option(min=1, help="distinct random subnets in all (over all shards)")] = 1000,
+    n: Annotated[
+        int, typer.Option(min=1, max=10_000_000, help="distinct random subnets in all (over all shards)")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the subnet list")] = 0,
     images: Annotated[
-        int | None, typer.Option(min=1, help="score only the first N held-out images (default: all)")
+        int | None,
+        typer.Option(min=1, max=10**9, help="score only the first N held-out images (default: all)"),
     ] = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,

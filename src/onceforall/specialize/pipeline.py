@@ -70,6 +70,7 @@ def specialize(
     formats: tuple[str, ...] = ("onnx", "pt2"),
     progress: bool = True,
     max_rounds: int = 3,
+    generations: int = 500,
 ) -> list[Specialized]:
     """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
 
@@ -87,7 +88,10 @@ def specialize(
     floor = float(smallest(space, latency)[0].min())  # the fastest subnet the table knows
 
     def choose(budget: float, constraint: float) -> tuple[Specialized, nn.Module, tuple[int, ...]]:
-        arch = evolution_search(space, predict, latency, constraint, seed=seed, unit="ms").best_arch
+        found = evolution_search(
+            space, predict, latency, constraint, generations=generations, seed=seed, unit="ms"
+        )
+        arch = found.best_arch
         subnet = evaluator.subnet(arch)
         top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
         finetuned_top1 = None

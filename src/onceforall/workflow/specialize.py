@@ -131,6 +131,8 @@ def specialize_supernet(
     data: str | None = None,
     root: str | None = None,
     formats: tuple[str, ...] = ("onnx", "pt2"),
+    max_searches: int = 3,
+    generations: int = 500,
 ) -> list[Specialized]:
     """Budgets None picks three between the smallest and largest subnet's latency.
 
@@ -155,5 +157,14 @@ def specialize_supernet(
         loader = training_loader(source, device, seed)
         tune = distilling_finetuner(evaluator, loader, finetune_epochs, finetune_lr, seed)
     return run_pipeline(
-        evaluator, accuracy_model, latency, budgets_ms, out, seed, finetune=tune, formats=formats
+        evaluator,
+        accuracy_model,
+        latency,
+        budgets_ms,
+        out,
+        seed,
+        finetune=tune,
+        formats=formats,
+        max_rounds=max_searches,
+        generations=generations,
     )
