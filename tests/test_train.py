@@ -220,7 +220,8 @@ def test_tiny_run_trains_every_phase_and_evaluates(tmp_path):
     out = CliRunner().invoke(app, ["eval", "--supernet", str(run / "supernet.pt"), "--arch", "min", "--json"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.output.strip().splitlines()[-1])
-    assert result["image_size"] == 20 and result["images"] == 10000 and 0 <= result["top1"] <= 100
+    assert result["image_size"] == 20 and result["images"] == 10000
+    assert round(result["top1"] * 100, 6).is_integer()  # a count of correct images out of 10,000
     again = CliRunner().invoke(app, ["train", "--config", str(recipe), "--out", str(run)])
     assert again.exit_code == 2 and "--resume" in again.output
 
@@ -402,7 +403,7 @@ def test_acc_dataset_appends_and_resumes(tmp_path):
     again = CliRunner().invoke(app, [*args, "--n", "4"])
     assert "1 subnets evaluated, 3 already" in again.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 4 and all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert len(rows) == 4 and all(round(r["accuracy"] * 64, 6).is_integer() for r in rows)  # k of 64
     assert rows[0]["meta"]["images"] == 64
     fewer = CliRunner().invoke(
         app, [*args[:3], "--out", str(tmp_path / "few.jsonl"), "--n", "1", "--images", "16"]
