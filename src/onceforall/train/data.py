@@ -60,8 +60,11 @@ def make_loader(source: Source, info: DatasetInfo, batch_size: int, **kwargs) ->
     return TensorLoader(images, labels, batch_size, info.mean, info.std, **kwargs)
 
 
-def splits(info: DatasetInfo, holdout: int, limit: int | None = None) -> tuple[Source, Source, Source]:
-    """(train, holdout, test) sources: `holdout` images split off the training set with a fixed seed."""
+def splits(info: DatasetInfo, holdout: int | None, limit: int | None = None) -> tuple[Source, Source, Source]:
+    """(train, holdout, test) sources: `holdout` images split off the training set with a fixed seed.
+
+    `holdout=None` (no recipe says how many): a tenth of the training images, at most the original's 10,000.
+    """
     if info.in_memory:
         train: Source = (info.train_images, info.train_labels)
         test: Source = (info.test_images, info.test_labels)
@@ -70,6 +73,8 @@ def splits(info: DatasetInfo, holdout: int, limit: int | None = None) -> tuple[S
         test = ImageFolder(info.test_dir, info.image_size, train=False, classes=info.classes)
     if limit is not None:
         train = subset(train, torch.arange(min(limit, source_size(train))))
+    if holdout is None:
+        holdout = min(10_000, source_size(train) // 10)
     if holdout >= source_size(train):
         raise ConfigError(
             f"data.holdout {holdout} must be smaller than the {source_size(train)} training images"

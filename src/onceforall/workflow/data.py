@@ -19,10 +19,6 @@ from onceforall.train.data import Source, calibration_batches, make_loader, sour
 from onceforall.train.evaluate import SubnetEvaluator
 from onceforall.train.recipe import DataConfig
 
-# Without a recipe (an official checkpoint, a registry id), a tenth of the training images, at most
-# the original's 10,000, is held out for the accuracy dataset.
-DEFAULT_HOLDOUT = 10_000
-
 
 class SupernetData(NamedTuple):
     """The data a supernet is scored on: its splits, the data settings and the BN calibration settings."""
@@ -55,10 +51,7 @@ def supernet_data(loaded: LoadedSupernet, data: str | None = None, root: str | N
             f"{name} has {info.n_classes} classes and {info.in_channels} channels; the supernet expects "
             f"{net.n_classes} and {net.in_channels}"
         )
-    if "holdout" not in config:
-        n_train = source_size(splits(info, 0)[0])
-        config["holdout"] = min(DEFAULT_HOLDOUT, n_train // 10)
-    train, holdout, test = splits(info, config["holdout"], config.get("limit"))
+    train, holdout, test = splits(info, config.get("holdout"), config.get("limit"))
     calibration = {
         "images": recipe.get("bn_calibration_images", 2000),
         "batch": recipe.get("bn_calibration_batch", 200),

@@ -9,7 +9,6 @@ passed its parity check, so a failed export never removes a good one.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,7 @@ def export_arch(
         evaluator, _ = dataset_evaluator(loaded, source, "test", device)
         subnet = evaluator.subnet(arch)
         calibration = {**source.calibration, "dataset": source.info.name}
-    else:
-        warnings.warn(
-            "no data to recalibrate BN on (pass --data): the export keeps the supernet's BN statistics, "
-            "which are those of the last subnet it ran, not of this one",
-            stacklevel=2,
-        )
+    else:  # deploy.json records bn_calibration: null; the CLI says so in one line
         subnet = extract_subnet(net, arch)
         calibration = None
     subnet = subnet.cpu().eval().to(memory_format=torch.contiguous_format)
