@@ -79,3 +79,26 @@ def test_specialize_with_finetuning(tiny, tmp_path):
 def test_demo_needs_a_shipped_predictor(tiny, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--supernet", str(tiny["supernet"]), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "ships no accuracy predictor; pass --predictor" in flat(result.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["eval", "--bogus"], "error: No such option: --bogus (see 'ofa eval --help')"),
+        (["search", "--population", "x"], "error: Invalid value for '--population'"),
+        (["latency", "build", "--threads", "0"], "Input should be greater than or equal to 1"),
+        (["eval", "--supernet"], "error: Option '--supernet' requires an argument"),
+        (["nonsense"], "error: No such command 'nonsense'"),
+        (["eval", "--supernet", "ofa_mbv3_smal"], "(did you mean 'ofa_mbv3_small'?); registered ids:"),
+    ],
+)
+def test_usage_errors_are_one_line_on_stderr(args, says):
+    result = CliRunner().invoke(app, args, prog_name="ofa")
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr  # one line, no panel
+    assert result.stderr.startswith("error: ") and says in result.stderr, result.stderr
+
+
+def test_no_arguments_show_the_help():
+    result = CliRunner().invoke(app, ["latency"])
+    assert result.exit_code == 2 and "build" in result.output and "validate" in result.output

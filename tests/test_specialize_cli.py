@@ -179,5 +179,5 @@ def test_supernet_can_be_a_trained_supernet_file(tmp_path):
     save_tiny_supernet(tmp_path / "supernet.pt")
     assert load_supernet(tmp_path / "supernet.pt").net.search_space().resolutions == (16, 20)
     assert load_supernet(tmp_path / "supernet.pt", resolutions=[20]).net.search_space().resolutions == (20,)
-    with pytest.raises(OFAError, match=r"Registered ids: .*ofa_mbv3_fashion_mnist"):
+    with pytest.raises(OFAError, match=r"registered ids: .*ofa_mbv3_fashion_mnist"):
         load_supernet(str(tmp_path / "missing.pt"))

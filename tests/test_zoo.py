@@ -255,7 +255,7 @@ def test_ofa_net_without_checkpoint_is_a_random_supernet():
 def test_unknown_net_id_lists_the_known_ones():
     with pytest.raises(
         OFAError,
-        match=r"unknown supernet id 'ofa_mbv3'; did you mean 'ofa_mbv3_small'\? Registered ids: ofa_mbv3_d234",
+        match=r"unknown supernet id 'ofa_mbv3' \(did you mean 'ofa_mbv3_small'\?\); registered ids: ofa_mbv3_d234",
     ):
         zoo.ofa_net("ofa_mbv3")
 

@@ -178,8 +178,8 @@ def entry(net_id: str) -> Entry:
     if net_id in REGISTRY:
         return REGISTRY[net_id]
     close = difflib.get_close_matches(str(net_id), list(REGISTRY), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise OFAError(f"unknown supernet id {net_id!r}{hint} Registered ids: {', '.join(REGISTRY)}")
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise OFAError(f"unknown supernet id {net_id!r}{hint}; registered ids: {', '.join(REGISTRY)}")
 
 
 def family_of(net: nn.Module) -> str:
@@ -276,10 +276,10 @@ def load_supernet(
         return LoadedSupernet(found.build(**overrides), {"net_id": found.id, "source": "random weights"})
     if not Path(name).is_file():
         close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise OFAError(
-            f"{name!r} is neither a registered supernet id nor an existing file{hint} "
-            f"Registered ids: {', '.join(REGISTRY)}"
+            f"{name!r} is neither a registered supernet id nor an existing file{hint}; "
+            f"registered ids: {', '.join(REGISTRY)} (`ofa list` describes them)"
         )
     if checkpoint is not None:
         raise OFAError(f"--checkpoint goes with a registry id; {name} is a file already: pass it alone")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,20 +11,51 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from onceforall.errors import OFAError
 from onceforall.registry import REGISTRY, LoadedSupernet, load_supernet
 
+# click's UsageError (unknown option, bad value, missing argument): recent Typer releases vendor click
+# privately, so it is reached through the public BadParameter instead of an import.
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors end as one `error:` line, exit 2, like the library's own errors (not a boxed panel)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _UsageError as err:
+            ctx = getattr(err, "ctx", None)
+            if type(err).__name__ == "NoArgsIsHelpError":  # `ofa` or `ofa latency` alone: the help
+                err.show()
+                sys.exit(2)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            err_console.print(f"error: {err.format_message()}{where}", markup=False, highlight=False)
+            sys.exit(2)
+        except typer.Abort:
+            err_console.print("aborted", markup=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) comes back as n here
+
+
 app = typer.Typer(
-    help="Once-for-All: train one supernet, specialize it for every device.", no_args_is_help=True
+    help="Once-for-All: train one supernet, specialize it for every device.",
+    no_args_is_help=True,
+    cls=_OneLineUsageErrors,
 )
 latency_app = typer.Typer(help="Latency lookup tables measured on this machine.", no_args_is_help=True)
 predictor_app = typer.Typer(help="The accuracy predictor.", no_args_is_help=True)
 app.add_typer(latency_app, name="latency")
 app.add_typer(predictor_app, name="predictor")
 # Human-readable lines; with --json the result is the last stdout line, so messages go to stderr then.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a message stays one line (a long path is not broken at the terminal's width).
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SupernetOpt = Annotated[
     str,
