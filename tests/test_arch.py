@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onceforall import Arch, ArchError, OFAMobileNetV3
-from onceforall.arch import DEFAULT_MUTATION, Gene, SearchSpace, Stage
+from onceforall.arch import DEFAULT_MUTATION, Gene, GeneTable, SearchSpace, Stage
 
 SPACE = OFAMobileNetV3(ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4]).search_space()
 
@@ -256,3 +256,24 @@ def test_other_space_and_unknown_keys():
         Arch.from_json("{not json")
     with pytest.raises(ArchError, match="version 2 is not supported"):
         Arch.from_dict({**valid_dict(), "version": 2})
+
+
+def test_gene_table_looks_genes_up_by_name():
+    genes = GeneTable()
+    genes.add("image_size", None, (24, 28), "resolution")
+    genes.add("d", 0, (1, 2), "depth")
+    for slot in range(2):
+        genes.add("ks", slot, (3, 5), "block", slot=slot, mutates_with=("block", slot))
+    for slot in range(2):
+        genes.add("e", slot, (3, 6), "block", slot=slot, mutates_with=("block", slot))
+    assert [genes["image_size"], genes["d", 0], genes["ks", 1], genes["e", 0]] == [0, 1, 3, 4]
+    # a block's kernel and expand ratio share its group, numbered in the order of first use
+    assert [g.group for g in genes.genes] == [0, 1, 2, 3, 2, 3]
+    site = genes.site(["image_size", ("e", 1)], lambda r, e: (r, e), slot=1)
+    assert site.genes == (0, 5) and site.slot == 1
+    space = genes.space("toy", [genes.stage(("d", 0), [0, 1])], 2, [site])
+    assert space.count() == 4 + 4 * 4  # depth 1: one block of 2x2 choices; depth 2: two blocks
+    with pytest.raises(ArchError, match=r"no gene ks\[2\]"):
+        genes["ks", 2]
+    with pytest.raises(ArchError, match=r"gene d\[0\] is declared twice"):
+        genes.add("d", 0, (1, 2), "depth")

@@ -163,6 +163,55 @@ class Site:
     spec: Callable[..., Any]
 
 
+GeneKey = str | tuple[str, int]  # "image_size", or a list field and its position: ("ks", 3)
+
+
+class GeneTable:
+    """The genes of a space declared by name, in population order; sites and stages look them up.
+
+    Each gene mutates alone unless it names the group it mutates with (a block's kernel size and
+    expand ratio together); group numbers follow the order of first use.
+    """
+
+    def __init__(self) -> None:
+        self.genes: list[Gene] = []
+        self._index: dict[tuple[str, int | None], int] = {}
+        self._groups: dict[Any, int] = {}
+
+    def add(
+        self,
+        name: str,
+        position: int | None,
+        choices: Sequence[Any],
+        kind: str,
+        slot: int | None = None,
+        mutates_with: Any = None,
+    ) -> None:
+        key = (name, position)
+        if key in self._index:
+            raise ArchError(f"gene {name}[{position}] is declared twice")
+        group = self._groups.setdefault(key if mutates_with is None else mutates_with, len(self._groups))
+        self._index[key] = len(self.genes)
+        self.genes.append(Gene(name, position, tuple(choices), kind, group, slot))
+
+    def __getitem__(self, key: GeneKey) -> int:
+        name, position = (key, None) if isinstance(key, str) else key
+        try:
+            return self._index[(name, position)]
+        except KeyError:
+            raise ArchError(f"the space declares no gene {name}[{position}]") from None
+
+    def site(self, reads: Sequence[GeneKey], spec: Callable[..., Any], slot: int | None = None) -> Site:
+        """A layer whose spec is `spec(*values of the genes it reads)`, run iff `slot` is active."""
+        return Site(tuple(self[key] for key in reads), slot, spec)
+
+    def stage(self, depth: GeneKey, slots: Sequence[int], base: int = 0) -> Stage:
+        return Stage(self[depth], base, tuple(slots))
+
+    def space(self, name: str, stages: Sequence[Stage], n_slots: int, sites: Sequence[Site]) -> SearchSpace:
+        return SearchSpace(name, tuple(self.genes), tuple(stages), n_slots, tuple(sites))
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """All subnets of a supernet: the genes, their choices and the depth structure."""

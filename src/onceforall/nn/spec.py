@@ -129,6 +129,45 @@ class LayerSpec:
         raise ValueError(f"unknown op {self.op!r}")
 
 
+def spec_of(layer: nn.Module, in_size: int) -> LayerSpec:
+    """The spec of a static layer of a supernet's stem or head at input size `in_size`.
+
+    ConvLayer, LinearLayer, or a ResidualBlock of an MBConvLayer (the first block of the MBConv families).
+    """
+    if isinstance(layer, ConvLayer):
+        k, s, cin, cout = layer.kernel_size, layer.stride, layer.in_channels, layer.out_channels
+        return LayerSpec(
+            "conv",
+            in_size,
+            cin,
+            cout,
+            k,
+            s,
+            act=layer.act_func,
+            use_bn=layer.use_bn,
+            bias=layer.bias,
+            groups=layer.groups,
+        )
+    if isinstance(layer, LinearLayer):
+        return LayerSpec("linear", 1, layer.in_features, layer.out_features, bias=layer.bias, use_bn=False)
+    if isinstance(layer, ResidualBlock) and isinstance(layer.conv, MBConvLayer):
+        conv = layer.conv
+        if conv.expand_ratio != 1:
+            raise ValueError("spec_of covers MBConv blocks without expansion (the first block) only")
+        return LayerSpec(
+            "mbconv",
+            in_size,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            use_se=conv.use_se,
+            act=conv.act_func,
+            shortcut=layer.shortcut is not None,
+        )
+    raise ValueError(f"no spec for a {type(layer).__name__}")
+
+
 class GlobalAvgPool(nn.Module):
     """Global average pooling that keeps the spatial dimensions ([N, C, 1, 1])."""
 

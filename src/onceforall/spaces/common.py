@@ -242,6 +242,7 @@ class Supernet(OfficialNetwork):
     """What every supernet shares: its cached search space, Arch activation and checked loading."""
 
     resolutions: tuple[int, ...]
+    total_stride: int
     _space: SearchSpace | None = None
 
     def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
@@ -250,10 +251,20 @@ class Supernet(OfficialNetwork):
     def search_space(self, resolutions: Sequence[int] | None = None) -> SearchSpace:
         """The space of this supernet's subnets (at its resolutions unless others are given)."""
         if resolutions is not None:
-            return self.make_space(tuple(resolutions))
+            return self.make_space(self._checked(resolutions))
         if self._space is None:
-            self._space = self.make_space(self.resolutions)
+            self._space = self.make_space(self._checked(self.resolutions))
         return self._space
+
+    def _checked(self, resolutions: Sequence[int]) -> tuple[int, ...]:
+        stride = self.total_stride
+        if not resolutions or any(
+            isinstance(r, bool) or not isinstance(r, int) or r < stride for r in resolutions
+        ):
+            raise OFAError(
+                f"resolutions must be integers >= the total stride {stride}, got {tuple(resolutions)}"
+            )
+        return tuple(sorted(resolutions))
 
     def set_arch(self, arch: Arch) -> None:
         """Activate an `Arch` of this supernet's space (its resolution is the caller's business)."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Arch
-from onceforall.errors import ArchError
+from onceforall.arch import Arch, GeneTable, SearchSpace, Site
+from onceforall.errors import ArchError, OFAError
 from onceforall.nn.dynamic import DynamicMBConvLayer
+from onceforall.nn.ops import make_divisible, out_size
+from onceforall.nn.spec import LayerSpec, spec_of
 from onceforall.nn.static import IdentityLayer, ResidualBlock
 from onceforall.spaces.common import (
     Supernet,
@@ -28,30 +32,114 @@ from onceforall.spaces.common import (
 CONSTRAINT_TYPES = {"kernel_size": "ks", "expand_ratio": "e", "depth": "d"}
 
 
+POOL = "pool"  # in a supernet's `head_layers`: where the features are averaged to 1x1
+
+
+@dataclass(frozen=True)
+class MBConvStage:
+    """One stage of elastic MBConv blocks: the whole description the modules and the space are built from.
+
+    The first block has the stage's stride, the others stride 1; a block whose input and output
+    match has an identity shortcut. A stage shorter than the depth list runs whole (depth fixed).
+    """
+
+    width: int
+    depth: int
+    stride: int
+    act: str
+    use_se: bool
+
+
 def mbconv_stages(
-    in_channels: int,
-    widths: Sequence[int],
-    strides: Sequence[int],
-    depths: Sequence[int],
-    ks_list: list[int],
-    expand_ratio_list: list[float],
-    acts: Sequence[str],
-    use_se: Sequence[bool],
-    first_index: int = 1,
+    in_channels: int, stages: Sequence[MBConvStage], ks_list: list[int], expand_ratio_list: list[float]
 ) -> tuple[list[nn.Module], list[list[int]]]:
-    """Residual blocks of elastic MBConv layers, stage by stage, and the block indices of each stage."""
+    """Residual blocks of elastic MBConv layers, stage by stage, and the block indices of each stage.
+
+    Indices start at 1: `blocks[0]` of both families is the static first block.
+    """
     blocks: list[nn.Module] = []
     groups: list[list[int]] = []
     channels = in_channels
-    for width, stride, depth, act, se in zip(widths, strides, depths, acts, use_se):
-        groups.append(list(range(first_index + len(blocks), first_index + len(blocks) + depth)))
-        for i in range(depth):
-            s = stride if i == 0 else 1
-            layer = DynamicMBConvLayer([channels], [width], ks_list, expand_ratio_list, s, act, se)
-            shortcut = IdentityLayer(channels, channels) if s == 1 and channels == width else None
+    for stage in stages:
+        groups.append(list(range(1 + len(blocks), 1 + len(blocks) + stage.depth)))
+        for i in range(stage.depth):
+            s = stage.stride if i == 0 else 1
+            layer = DynamicMBConvLayer(
+                [channels], [stage.width], ks_list, expand_ratio_list, s, stage.act, stage.use_se
+            )
+            shortcut = IdentityLayer(channels, channels) if s == 1 and channels == stage.width else None
             blocks.append(ResidualBlock(layer, shortcut))
-            channels = width
+            channels = stage.width
     return blocks, groups
+
+
+def mbconv_space(net: MBConvSupernet, name: str, resolutions: tuple[int, ...]) -> SearchSpace:
+    """Genes [image_size, d per stage, ks per block, e per block] and one cost site per layer.
+
+    Everything is read off the built modules (so off the one `MBConvStage` description): the stem
+    (`first_conv`, `blocks[0]`), the elastic blocks and the `head_layers`.
+    """
+    genes = GeneTable()
+    genes.add("image_size", None, resolutions, "resolution")
+    for s, group in enumerate(net.block_group_info):
+        depths = net.depth_list if len(group) >= net.depth_list[-1] else [len(group)]
+        genes.add("d", s, depths, "depth")
+    n_blocks = len(net.blocks) - 1
+    for field, choices in (("ks", net.ks_list), ("e", net.expand_ratio_list)):
+        for slot in range(n_blocks):
+            genes.add(field, slot, choices, "block", slot=slot, mutates_with=("block", slot))
+    stages = [genes.stage(("d", s), [i - 1 for i in group]) for s, group in enumerate(net.block_group_info)]
+
+    sites: list[Site] = []
+    size_of: Callable[[int], int] | None = _identity  # the input size of the next layer; None once pooled
+    channels = slot = 0
+    head = [attr if attr == POOL else getattr(net, attr) for attr in net.head_layers]
+    for item in [net.first_conv, *net.blocks, *head]:
+        if item == POOL:
+            sites.append(genes.site(["image_size"], partial(_pool_spec, size_of, channels)))
+            size_of = None
+        elif isinstance(item, ResidualBlock) and isinstance(item.conv, DynamicMBConvLayer):
+            reads = ["image_size", ("ks", slot), ("e", slot)]
+            sites.append(genes.site(reads, partial(_block_spec, item, size_of), slot=slot))
+            size_of, channels = _then(size_of, item.conv.stride), item.conv.out_channel_list[-1]
+            slot += 1
+        else:
+            static = spec_of(item, 1)
+            if size_of is None:  # after the pool: 1x1, whatever the resolution
+                sites.append(genes.site([], partial(spec_of, item, 1)))
+            else:
+                sites.append(genes.site(["image_size"], partial(_static_spec, item, size_of)))
+                size_of = _then(size_of, static.stride)
+            channels = static.out_channels
+    return genes.space(name, stages, n_blocks, sites)
+
+
+def _identity(r: int) -> int:
+    return r
+
+
+def _then(size_of: Callable[[int], int], stride: int) -> Callable[[int], int]:
+    """The input size after `size_of` and then a layer of `stride`."""
+    return size_of if stride == 1 else lambda r: out_size(size_of(r), stride)
+
+
+def _static_spec(layer: nn.Module, size_of: Callable[[int], int], r: int) -> LayerSpec:
+    return spec_of(layer, size_of(r))
+
+
+def _pool_spec(size_of: Callable[[int], int], channels: int, r: int) -> LayerSpec:
+    return LayerSpec("pool", size_of(r), channels, channels)
+
+
+def _block_spec(block: ResidualBlock, size_of: Callable[[int], int], r: int, k: int, e: float) -> LayerSpec:
+    """An elastic block at kernel size `k` and expand ratio `e`, as `get_active_subnet` extracts it."""
+    layer = block.conv
+    cin, cout = layer.in_channel_list[-1], layer.out_channel_list[-1]
+    mid = make_divisible(round(cin * e))
+    shortcut = block.shortcut is not None
+    return LayerSpec(
+        "mbconv", size_of(r), cin, cout, k, layer.stride, mid, layer.use_se, layer.act_func, shortcut=shortcut
+    )
 
 
 class MBConvSupernet(Supernet):
@@ -71,15 +159,89 @@ class MBConvSupernet(Supernet):
     # set_constraint's allowed values: per dimension ("ks", "e", "d"), one list per block or stage.
     _include: dict[str, list[list[Any]]] | None = None
 
+    def take_args(
+        self,
+        n_classes: int,
+        bn_param: tuple[float, float],
+        dropout_rate: float,
+        width_mult: float,
+        ks_list: int | Sequence[int],
+        expand_ratio_list: float | Sequence[float],
+        depth_list: int | Sequence[int],
+        in_channels: int,
+        first_stride: int,
+        stage_strides: Sequence[int],
+        resolutions: Sequence[int],
+        **extra: Any,
+    ) -> None:
+        """Check and keep the constructor arguments both families share; `build_args` records them all."""
+        self.ks_list = sorted(to_list(ks_list))
+        self.expand_ratio_list = sorted(to_list(expand_ratio_list))
+        self.depth_list = sorted(to_list(depth_list))
+        check_args(n_classes, width_mult, in_channels, self.ks_list, self.expand_ratio_list, self.depth_list)
+        n_stages = len(self.imagenet_strides)
+        if len(stage_strides) != n_stages:
+            raise OFAError(
+                f"stage_strides needs {n_stages} entries (one per stage), got {list(stage_strides)}"
+            )
+        self.n_classes, self.width_mult, self.dropout_rate = n_classes, width_mult, dropout_rate
+        self.in_channels, self.first_stride = in_channels, first_stride
+        self.stage_strides = tuple(stage_strides)
+        self.resolutions = tuple(sorted(resolutions))
+        self.build_args = {
+            "n_classes": n_classes,
+            "bn_param": list(bn_param),
+            "dropout_rate": dropout_rate,
+            **extra,
+            "width_mult": width_mult,
+            "ks_list": self.ks_list,
+            "expand_ratio_list": self.expand_ratio_list,
+            "depth_list": self.depth_list,
+            "in_channels": in_channels,
+            "first_stride": first_stride,
+            "stage_strides": list(self.stage_strides),
+            "resolutions": list(self.resolutions),
+        }
+
+    def finish(self, bn_param: tuple[float, float]) -> None:
+        """After the modules are built: the BN settings and every stage at its full depth."""
+        set_bn_param(self, *bn_param)
+        self.runtime_depth = [len(group) for group in self.block_group_info]
+
     def static_network(self, blocks: list[nn.Module]) -> nn.Module:
         raise NotImplementedError
 
     def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
+    # The attributes after the blocks, in order, with POOL where the features are averaged.
+    head_layers: tuple[str, ...]
+
+    # The official id's prefix, and the strides for which the id has no stride suffix.
+    id_prefix: str
+    imagenet_strides: tuple[int, ...]
+    id_variant = ""  # e.g. ProxylessNAS's "_google" widths
+    width_mult: float
+    in_channels: int
+
+    def space_name(self) -> str:
+        """The official id for the ImageNet layout (`ofa_mbv3_d234_e346_k357_w1.0`), with suffixes otherwise."""
+        name = (
+            f"{self.id_prefix}_d{digits(self.depth_list)}_e{digits(self.expand_ratio_list)}"
+            f"_k{digits(self.ks_list)}_w{self.width_mult}{self.id_variant}"
+        )
+        if self.in_channels != 3:
+            name += f"_in{self.in_channels}"
+        if (self.first_stride, self.stage_strides) != (2, self.imagenet_strides):
+            name += f"_s{self.first_stride}{digits(self.stage_strides)}"
+        return name
+
+    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
+        return mbconv_space(self, self.space_name(), resolutions)
+
     def head(self) -> list[nn.Module]:
         """The layers after the blocks, in order (for `module_str`)."""
-        raise NotImplementedError
+        return [getattr(self, attr) for attr in self.head_layers if attr != POOL]
 
     @property
     def total_stride(self) -> int:
@@ -292,3 +454,26 @@ class MBConvSupernet(Supernet):
         """Sort every block's middle channels by importance (start of each elastic-width phase)."""
         for layer in self.dynamic_blocks:
             layer.re_organize_middle_weights(expand_ratio_stage)
+
+
+def check_args(
+    n_classes: int, width_mult: float, in_channels: int, ks: list[int], es: list[float], ds: list[int]
+) -> None:
+    """The constructor arguments both MBConv families share."""
+    if not isinstance(n_classes, int) or n_classes <= 0:
+        raise OFAError(f"n_classes must be a positive integer, got {n_classes!r}")
+    if not width_mult > 0:
+        raise OFAError(f"width_mult must be positive, got {width_mult!r}")
+    if not isinstance(in_channels, int) or in_channels <= 0:
+        raise OFAError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if any(k % 2 == 0 or k < 1 for k in ks):
+        raise OFAError(f"kernel sizes must be odd and positive, got {ks}")
+    if any(e <= 0 for e in es):
+        raise OFAError(f"expand ratios must be positive, got {es}")
+    if any(not d >= 1 for d in ds):
+        raise OFAError(f"depths must be at least 1, got {ds}")
+
+
+def digits(values: Sequence[float]) -> str:
+    """[3, 4, 6] -> "346", as the official ids write choice lists."""
+    return "".join(str(int(v)) if float(v).is_integer() else str(v) for v in values)

@@ -9,10 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Gene, SearchSpace, Site, Stage
-from onceforall.errors import OFAError
-from onceforall.nn.ops import make_divisible, out_size
-from onceforall.nn.spec import LayerSpec
+from onceforall.nn.ops import make_divisible
 from onceforall.nn.static import (
     ConvLayer,
     IdentityLayer,
@@ -21,8 +18,8 @@ from onceforall.nn.static import (
     ResidualBlock,
     layer_from_config,
 )
-from onceforall.spaces.common import OfficialNetwork, set_bn_param, to_list
-from onceforall.spaces.mbconv import MBConvSupernet, mbconv_stages
+from onceforall.spaces.common import OfficialNetwork, set_bn_param
+from onceforall.spaces.mbconv import POOL, MBConvStage, MBConvSupernet, mbconv_stages
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
 STAGE_ACTS = ("relu", "relu", "h_swish", "h_swish", "h_swish")
@@ -102,6 +99,9 @@ class OFAMobileNetV3(MBConvSupernet):
     resolutions of the search space.
     """
 
+    id_prefix, imagenet_strides = "ofa_mbv3", IMAGENET_STRIDES
+    head_layers = ("final_expand_layer", POOL, "feature_mix_layer", "classifier")
+
     def __init__(
         self,
         n_classes: int = 1000,
@@ -119,55 +119,38 @@ class OFAMobileNetV3(MBConvSupernet):
         resolutions: Sequence[int] = IMAGENET_RESOLUTIONS,
     ):
         super().__init__()
-        self.ks_list = sorted(to_list(ks_list))
-        self.expand_ratio_list = sorted(to_list(expand_ratio_list))
-        self.depth_list = sorted(to_list(depth_list))
-        _check_args(n_classes, width_mult, in_channels, self.ks_list, self.expand_ratio_list, self.depth_list)
-        if len(stage_strides) != 5:
-            raise OFAError(f"stage_strides needs 5 entries (one per stage), got {list(stage_strides)}")
-        self.n_classes, self.width_mult, self.dropout_rate = n_classes, width_mult, dropout_rate
-        self.in_channels, self.first_stride = in_channels, first_stride
-        self.stage_strides = tuple(stage_strides)
-        self.resolutions = tuple(sorted(resolutions))
+        self.take_args(
+            n_classes,
+            bn_param,
+            dropout_rate,
+            width_mult,
+            ks_list,
+            expand_ratio_list,
+            depth_list,
+            in_channels,
+            first_stride,
+            stage_strides,
+            resolutions,
+        )
         widths = [make_divisible(w * width_mult) for w in BASE_WIDTHS]
         self.stage_widths = tuple(widths[2:7])
 
         self.first_conv = ConvLayer(in_channels, widths[0], 3, first_stride, act_func="h_swish")
         first_block = MBConvLayer(widths[0], widths[1], 3, 1, expand_ratio=1, act_func="relu")
         shortcut = IdentityLayer(widths[0], widths[0]) if widths[0] == widths[1] else None
-        max_depth = self.depth_list[-1]
-        stages, self.block_group_info = mbconv_stages(
-            widths[1],
-            self.stage_widths,
-            self.stage_strides,
-            [max_depth] * 5,
-            self.ks_list,
-            self.expand_ratio_list,
-            STAGE_ACTS,
-            STAGE_SE,
+        stages = zip(self.stage_widths, self.stage_strides, STAGE_ACTS, STAGE_SE)
+        description = [MBConvStage(w, self.depth_list[-1], s, act, se) for w, s, act, se in stages]
+        blocks, self.block_group_info = mbconv_stages(
+            widths[1], description, self.ks_list, self.expand_ratio_list
         )
-        self.blocks = nn.ModuleList([ResidualBlock(first_block, shortcut), *stages])
+        self.blocks = nn.ModuleList([ResidualBlock(first_block, shortcut), *blocks])
         feature_dim = self.stage_widths[-1]
         self.final_expand_layer = ConvLayer(feature_dim, widths[7], 1, act_func="h_swish")
         self.feature_mix_layer = ConvLayer(
             widths[7], widths[8], 1, bias=False, use_bn=False, act_func="h_swish"
         )
         self.classifier = LinearLayer(widths[8], n_classes, dropout_rate=dropout_rate)
-        set_bn_param(self, *bn_param)
-        self.runtime_depth = [len(group) for group in self.block_group_info]
-        self.build_args = {
-            "n_classes": n_classes,
-            "bn_param": list(bn_param),
-            "dropout_rate": dropout_rate,
-            "width_mult": width_mult,
-            "ks_list": self.ks_list,
-            "expand_ratio_list": self.expand_ratio_list,
-            "depth_list": self.depth_list,
-            "in_channels": in_channels,
-            "first_stride": first_stride,
-            "stage_strides": list(self.stage_strides),
-            "resolutions": list(self.resolutions),
-        }
+        self.finish(bn_param)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,9 +168,6 @@ class OFAMobileNetV3(MBConvSupernet):
             copy.deepcopy(self.classifier),
         )
 
-    def head(self) -> list[nn.Module]:
-        return [self.final_expand_layer, self.feature_mix_layer, self.classifier]
-
     def net_config(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "name": "MobileNetV3",
@@ -197,115 +177,3 @@ class OFAMobileNetV3(MBConvSupernet):
             "feature_mix_layer": self.feature_mix_layer.config,
             "classifier": self.classifier.config,
         }
-
-    def make_space(self, resolutions: tuple[int, ...]) -> SearchSpace:
-        return mobilenet_v3_space(self, resolutions)
-
-
-def _check_args(n_classes: int, width_mult: float, in_channels: int, ks, es, ds) -> None:
-    if not isinstance(n_classes, int) or n_classes <= 0:
-        raise OFAError(f"n_classes must be a positive integer, got {n_classes!r}")
-    if not width_mult > 0:
-        raise OFAError(f"width_mult must be positive, got {width_mult!r}")
-    if not isinstance(in_channels, int) or in_channels <= 0:
-        raise OFAError(f"in_channels must be a positive integer, got {in_channels!r}")
-    if any(k % 2 == 0 or k < 1 for k in ks):
-        raise OFAError(f"kernel sizes must be odd and positive, got {ks}")
-    if any(e <= 0 for e in es):
-        raise OFAError(f"expand ratios must be positive, got {es}")
-    if any(not d >= 1 for d in ds):
-        raise OFAError(f"depths must be at least 1, got {ds}")
-
-
-def _digits(values: Sequence[float]) -> str:
-    return "".join(str(int(v)) if float(v).is_integer() else str(v) for v in values)
-
-
-def space_name(net: OFAMobileNetV3) -> str:
-    """The official id for the ImageNet layout (`ofa_mbv3_d234_e346_k357_w1.0`), with suffixes otherwise."""
-    name = (
-        f"ofa_mbv3_d{_digits(net.depth_list)}_e{_digits(net.expand_ratio_list)}"
-        f"_k{_digits(net.ks_list)}_w{net.width_mult}"
-    )
-    if net.in_channels != 3:
-        name += f"_in{net.in_channels}"
-    if (net.first_stride, net.stage_strides) != (2, IMAGENET_STRIDES):
-        name += f"_s{net.first_stride}{_digits(net.stage_strides)}"
-    return name
-
-
-def mobilenet_v3_space(net: OFAMobileNetV3, resolutions: Sequence[int]) -> SearchSpace:
-    """Genes: [image_size, d x5, ks x20, e x20]; one site per layer for the efficiency models."""
-    resolutions = tuple(sorted(resolutions))
-    if not resolutions or any(not isinstance(r, int) or r < net.total_stride for r in resolutions):
-        raise OFAError(
-            f"resolutions must be integers >= the total stride {net.total_stride}, got {resolutions}"
-        )
-    n_stages, max_depth = len(net.block_group_info), net.depth_list[-1]
-    n_blocks = n_stages * max_depth
-    genes = [Gene("image_size", None, resolutions, "resolution", 0)]
-    genes += [Gene("d", s, tuple(net.depth_list), "depth", 1 + s) for s in range(n_stages)]
-    block_group = 1 + n_stages
-    genes += [Gene("ks", i, tuple(net.ks_list), "block", block_group + i, i) for i in range(n_blocks)]
-    genes += [
-        Gene("e", i, tuple(net.expand_ratio_list), "block", block_group + i, i) for i in range(n_blocks)
-    ]
-    stages = tuple(Stage(1 + s, 0, tuple(range(s * max_depth, (s + 1) * max_depth))) for s in range(n_stages))
-    return SearchSpace(space_name(net), tuple(genes), stages, n_blocks, _sites(net, n_stages, max_depth))
-
-
-def _sites(net: OFAMobileNetV3, n_stages: int, max_depth: int) -> tuple[Site, ...]:
-    """Every layer a subnet can run, as a function of the genes it depends on."""
-    c = [net.first_conv.out_channels, net.blocks[0].conv.out_channels, *net.stage_widths]
-    fe, fm = net.final_expand_layer.out_channels, net.feature_mix_layer.out_channels
-    s0 = net.first_stride
-    strides = net.stage_strides
-
-    def size_at(r: int, stage: int) -> int:
-        size = out_size(r, s0)
-        for s in strides[:stage]:
-            size = out_size(size, s)
-        return size
-
-    sites = [
-        Site((0,), None, lambda r: LayerSpec("conv", r, net.in_channels, c[0], 3, s0, act="h_swish")),
-        Site(
-            (0,),
-            None,
-            lambda r: LayerSpec(
-                "mbconv", out_size(r, s0), c[0], c[1], 3, 1, act="relu", shortcut=c[0] == c[1]
-            ),
-        ),
-    ]
-    for stage in range(n_stages):
-        for pos in range(max_depth):
-            slot = stage * max_depth + pos
-            cin = c[1 + stage] if pos == 0 else c[2 + stage]
-            stride = strides[stage] if pos == 0 else 1
-
-            def block(r, k, e, stage=stage, pos=pos, cin=cin, stride=stride):
-                in_size = size_at(r, stage) if pos == 0 else size_at(r, stage + 1)
-                mid = make_divisible(round(cin * e))
-                return LayerSpec(
-                    "mbconv",
-                    in_size,
-                    cin,
-                    c[2 + stage],
-                    k,
-                    stride,
-                    mid,
-                    STAGE_SE[stage],
-                    STAGE_ACTS[stage],
-                    shortcut=stride == 1 and cin == c[2 + stage],
-                )
-
-            sites.append(
-                Site((0, 1 + n_stages + slot, 1 + n_stages + n_stages * max_depth + slot), slot, block)
-            )
-    sites += [
-        Site((0,), None, lambda r: LayerSpec("conv", size_at(r, n_stages), c[-1], fe, 1, act="h_swish")),
-        Site((0,), None, lambda r: LayerSpec("pool", size_at(r, n_stages), fe, fe)),
-        Site((), None, lambda: LayerSpec("conv", 1, fe, fm, 1, act="h_swish", use_bn=False)),
-        Site((), None, lambda: LayerSpec("linear", 1, fm, net.n_classes, bias=True, use_bn=False)),
-    ]
-    return tuple(sites)

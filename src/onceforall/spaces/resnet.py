@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from onceforall.arch import Arch, Gene, SearchSpace, Site, Stage
+from onceforall.arch import Arch, GeneTable, SearchSpace, Site
 from onceforall.errors import ArchError, OFAError
 from onceforall.nn.dynamic import DynamicConvLayer, DynamicLinearLayer, DynamicResNetBottleneckBlock
 from onceforall.nn.ops import make_divisible, out_size
@@ -389,37 +389,33 @@ def space_name(net: OFAResNets) -> str:
     return name
 
 
-def resnet_space(net: OFAResNets, resolutions: Sequence[int]) -> SearchSpace:
+def resnet_space(net: OFAResNets, resolutions: tuple[int, ...]) -> SearchSpace:
     """Genes: [image_size, d x5, w x6, e x18] (the official encoder's one-hot order); one site per layer.
 
     d[0] is the stem flag with choices (0, max depth): the stem's residual conv is a one-slot
     stage without genes, present iff d[0] is the max. Stage s keeps its first base_s + d[s] blocks.
+    w[0] and w[1] are the stem's middle and output widths, w[2 + s] stage s's.
     """
-    resolutions = tuple(sorted(resolutions))
-    if not resolutions or any(not isinstance(r, int) or r < net.total_stride for r in resolutions):
-        raise OFAError(
-            f"resolutions must be integers >= the total stride {net.total_stride}, got {resolutions}"
-        )
     n_stages, n_blocks = len(BASE_DEPTHS), len(net.blocks)
-    max_depth = net.depth_list[-1]
-    genes = [Gene("image_size", None, resolutions, "resolution", 0)]
-    genes.append(Gene("d", 0, (0, max_depth), "depth", 1))
-    genes += [Gene("d", 1 + s, tuple(net.depth_list), "depth", 2 + s) for s in range(n_stages)]
-    widths = tuple(range(len(net.width_mult_list)))
-    genes += [Gene("w", i, widths, "width", 2 + n_stages + i) for i in range(n_stages + 2)]
-    first_e = len(genes)
-    genes += [Gene("e", j, tuple(net.expand_ratio_list), "block", first_e + j, j) for j in range(n_blocks)]
+    genes = GeneTable()
+    genes.add("image_size", None, resolutions, "resolution")
+    genes.add("d", 0, (0, net.depth_list[-1]), "depth")
+    for s in range(n_stages):
+        genes.add("d", 1 + s, net.depth_list, "depth")
+    for i in range(n_stages + 2):
+        genes.add("w", i, range(len(net.width_mult_list)), "width")
+    for j in range(n_blocks):
+        genes.add("e", j, net.expand_ratio_list, "block", slot=j)
     stem_slot = n_blocks
-    stages = [Stage(1, 0, (stem_slot,))]
+    stages = [genes.stage(("d", 0), [stem_slot])]
     stages += [
-        Stage(2 + s, base, tuple(group))
+        genes.stage(("d", 1 + s), group, base)
         for s, (base, group) in enumerate(zip(BASE_DEPTHS, net.block_group_info))
     ]
-    sites = _sites(net, w_gene=2 + n_stages, e_gene=first_e, stem_slot=stem_slot)
-    return SearchSpace(space_name(net), tuple(genes), tuple(stages), n_blocks + 1, sites)
+    return genes.space(space_name(net), stages, n_blocks + 1, _sites(net, genes, stem_slot))
 
 
-def _sites(net: OFAResNets, w_gene: int, e_gene: int, stem_slot: int) -> tuple[Site, ...]:
+def _sites(net: OFAResNets, genes: GeneTable, stem_slot: int) -> list[Site]:
     """Every layer a subnet can run, as a function of the genes it depends on."""
     mid, out = net.input_stem[0].out_channel_list, net.input_stem[2].out_channel_list
     cin, n_classes, s0 = net.in_channels, net.n_classes, net.first_stride
@@ -430,19 +426,19 @@ def _sites(net: OFAResNets, w_gene: int, e_gene: int, stem_slot: int) -> tuple[S
             size = out_size(size, s)
         return size
 
+    r, w_mid, w_stem = "image_size", ("w", 0), ("w", 1)
     sites = [
-        Site((0, w_gene), None, lambda r, a: LayerSpec("conv", r, cin, mid[a], 3, s0, act="relu")),
-        Site(
-            (0, w_gene),
-            stem_slot,
+        genes.site([r, w_mid], lambda r, a: LayerSpec("conv", r, cin, mid[a], 3, s0, act="relu")),
+        genes.site(
+            [r, w_mid],
             lambda r, a: LayerSpec("conv", out_size(r, s0), mid[a], mid[a], 3, 1, act="relu", shortcut=True),
+            slot=stem_slot,
         ),
-        Site(
-            (0, w_gene, w_gene + 1),
-            None,
+        genes.site(
+            [r, w_mid, w_stem],
             lambda r, a, b: LayerSpec("conv", out_size(r, s0), mid[a], out[b], 3, 1, act="relu"),
         ),
-        Site((0, w_gene + 1), None, lambda r, b: LayerSpec("maxpool", out_size(r, s0), out[b], out[b], 3, 2)),
+        genes.site([r, w_stem], lambda r, b: LayerSpec("maxpool", out_size(r, s0), out[b], out[b], 3, 2)),
     ]
     for stage, group in enumerate(net.block_group_info):
         for pos, index in enumerate(group):
@@ -465,20 +461,18 @@ def _sites(net: OFAResNets, w_gene: int, e_gene: int, stem_slot: int) -> tuple[S
                     shortcut=shortcut,
                 )
 
-            w_out = w_gene + 2 + stage
-            if pos == 0:
-                w_in = w_gene + 1 + stage
-                sites.append(Site((0, w_in, w_out, e_gene + index), index, spec))
+            w_out, e = ("w", 2 + stage), ("e", index)
+            if pos == 0:  # the stage's first block reads the previous stage's width
+                sites.append(genes.site([r, ("w", 1 + stage), w_out, e], spec, slot=index))
             else:
                 sites.append(
-                    Site((0, w_out, e_gene + index), index, lambda r, wo, e, spec=spec: spec(r, wo, wo, e))
+                    genes.site([r, w_out, e], lambda r, wo, e, spec=spec: spec(r, wo, wo, e), slot=index)
                 )
-    last = w_gene + 1 + len(BASE_DEPTHS)
-    final = net.stage_widths[-1]
+    last, final = ("w", 1 + len(BASE_DEPTHS)), net.stage_widths[-1]
     sites += [
-        Site(
-            (0, last), None, lambda r, w: LayerSpec("pool", size_at(r, len(BASE_DEPTHS)), final[w], final[w])
+        genes.site(
+            [r, last], lambda r, w: LayerSpec("pool", size_at(r, len(BASE_DEPTHS)), final[w], final[w])
         ),
-        Site((last,), None, lambda w: LayerSpec("linear", 1, final[w], n_classes, bias=True, use_bn=False)),
+        genes.site([last], lambda w: LayerSpec("linear", 1, final[w], n_classes, bias=True, use_bn=False)),
     ]
-    return tuple(sites)
+    return sites
