@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
 import torch
+from scipy.stats import kendalltau
 
 from onceforall import OFAMobileNetV3
 from onceforall.errors import PredictorError
@@ -14,6 +16,8 @@ from onceforall.specialize.predictor import (
     AccuracyPredictor,
     collect_accuracy_dataset,
     fit_predictor,
+    loss_calibrated,
+    split,
     unique_samples,
 )
 from onceforall.specialize.timing import torch_threads
@@ -189,3 +193,62 @@ def test_collect_resumes_after_a_kill_and_shards(space, tmp_path):
     calls.clear()
     collect_accuracy_dataset(evaluate, space, 30, path, seed=3, progress=False)
     assert calls == []
+
+
+def test_rows_keep_their_loss_and_old_rows_have_none(space, tmp_path):
+    dataset = AccuracyDataset(tmp_path / "acc.jsonl")
+    archs = space.decode(space.sample(3, torch.Generator().manual_seed(1)))
+    dataset.append(archs[0], 0.9, loss=0.25)
+    dataset.append(archs[1], 0.8)  # a row written before losses were recorded
+    with open(dataset.path, "a") as handle:  # a loss that is no loss: the row is malformed
+        handle.write(json.dumps({"arch": archs[2].to_dict(), "accuracy": 0.7, "loss": -1}) + "\n")
+    rows = dataset.read(warn=False)
+    assert [(r.accuracy, r.loss) for r in rows] == [(0.9, 0.25), (0.8, None)]
+    assert dataset.problems[0][0] == 3 and "loss -1" in dataset.problems[0][1]
+    with pytest.raises(PredictorError, match=r"1 of 2 rows .* have no loss .*--label accuracy"):
+        dataset.losses()
+
+
+def test_collect_records_the_loss_the_evaluator_returns(space, tmp_path):
+    path = tmp_path / "acc.jsonl"
+    collect_accuracy_dataset(
+        lambda arch: (arch.image_size / 100, arch.image_size / 10), space, 4, path, progress=False
+    )
+    rows = AccuracyDataset(path).read()
+    assert [r.loss for r in rows] == pytest.approx([10 * r.accuracy for r in rows]) and len(rows) == 4
+
+
+def test_loss_calibrated_labels_are_the_least_squares_line():
+    loss = torch.tensor([0.2, 0.3, 0.4, 0.5, 0.6])
+    accuracy = torch.tensor([0.95, 0.92, 0.93, 0.88, 0.87])  # noisy around 1.0 - 0.2 * loss
+    rows = torch.tensor([0, 1, 2, 3])  # the line is fitted on these rows only
+    x, y = loss[rows].double(), accuracy[rows].double()
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    expected = y.mean() + slope * (loss.double() - x.mean())
+    assert slope == pytest.approx(-0.2)
+    assert torch.allclose(loss_calibrated(accuracy, loss, rows).double(), expected, atol=1e-7)
+
+
+def test_fit_to_loss_calibrated_labels_reports_both(space):
+    population = unique_samples(space, 400, seed=3)
+    true = synthetic(space, population)
+    # Measured top-1 = truth + counting noise; the loss is an exact (decreasing) function of the truth.
+    noisy = true + 0.06 * torch.randn(len(true), generator=torch.Generator().manual_seed(4))
+    loss = 2.0 - 2.0 * true
+    plain_model, plain = fit_predictor(space, population, noisy, epochs=100)
+    model, calibrated = fit_predictor(space, population, noisy, epochs=100, loss=loss)
+    assert (plain.label, plain.measured) == ("accuracy", None)
+    assert calibrated.label == "loss-calibrated"
+    assert set(calibrated.measured) == {"rmse", "mae", "kendall_tau", "spearman"}
+    _, test = split(len(population), 0.2, 0)  # the rows both fits held out
+
+    def tau_to_truth(predictor: AccuracyPredictor) -> float:
+        return float(kendalltau(predictor.predict(space, population[test]), true[test]).statistic)
+
+    # Labels without the counting noise rank held-out subnets closer to the truth.
+    assert tau_to_truth(model) > tau_to_truth(plain_model) + 0.15, (
+        tau_to_truth(model),
+        tau_to_truth(plain_model),
+    )
+    with pytest.raises(PredictorError, match="one finite, non-negative loss per row"):
+        fit_predictor(space, population, noisy, epochs=1, loss=loss[:-1])

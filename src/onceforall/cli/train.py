@@ -115,7 +115,7 @@ def acc_dataset(
         source = supernet_data(loaded, data, root)
         evaluator, scored = dataset_evaluator(loaded, source, "holdout", device, images)
         summary = collect_accuracy_dataset(
-            lambda arch: evaluator(arch)[0] / 100,
+            lambda arch: _fraction(*evaluator(arch)),
             loaded.net.search_space(),
             n,
             out,
@@ -135,3 +135,8 @@ def acc_dataset(
     )
     if as_json:
         emit({"path": str(summary.path), "evaluated": summary.evaluated, "skipped": summary.skipped})
+
+
+def _fraction(top1: float, loss: float) -> tuple[float, float]:
+    """(top-1 as a fraction, mean loss): what a row of the accuracy dataset holds."""
+    return top1 / 100, loss

@@ -220,6 +220,10 @@ class PredictorMetrics:
     spearman: float
     epochs: int
     seconds: float
+    # "accuracy": fitted to the measured top-1; "loss-calibrated": to the top-1 predicted from each
+    # subnet's held-out loss (see `fit_predictor`). `measured` then holds the metrics against the top-1.
+    label: str = "accuracy"
+    measured: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,8 +264,16 @@ def fit_predictor(
     hidden_size: int = 400,
     n_layers: int = 3,
     threads: int = 1,
+    loss: torch.Tensor | None = None,
 ) -> tuple[AccuracyPredictor, PredictorMetrics]:
     """Train the MLP on (population, accuracy) and report its metrics on a held-out split.
+
+    With `loss` (each subnet's mean cross-entropy on the same held-out images as its accuracy), the
+    MLP learns the accuracy predicted from the loss instead: the least-squares line of accuracy on
+    loss over the training rows, applied to every row. A subnet's top-1 on a few thousand images is
+    mostly counting noise (one image is 0.02-0.05 points, and subnets differ by tenths), its loss on
+    the same images far less so, and the two rank subnets alike (docs/faithfulness.md). Metrics are
+    then against those labels, and `measured` holds them against the held-out rows' top-1 too.
 
     Recipe (the original publishes none): seeded split (`holdout` share held out), `base_acc` =
     mean training accuracy, Adam (`lr`, `weight_decay`) with a cosine decay to 0 over all steps,
@@ -283,11 +295,31 @@ def fit_predictor(
             seed,
             hidden_size,
             n_layers,
+            loss,
         )
 
 
+def loss_calibrated(accuracy: torch.Tensor, loss: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Every row's accuracy as the least-squares line of accuracy on loss over `rows` predicts it."""
+    x, y = loss[rows].double(), accuracy[rows].double()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).pow(2).sum().clamp_min(1e-12)
+    line = y.mean() + slope * (loss.double() - x.mean())
+    return line.clamp(0, 1).float()
+
+
 def _fit(
-    space, population, accuracy, holdout, epochs, lr, batch_size, weight_decay, seed, hidden_size, n_layers
+    space,
+    population,
+    accuracy,
+    holdout,
+    epochs,
+    lr,
+    batch_size,
+    weight_decay,
+    seed,
+    hidden_size,
+    n_layers,
+    held_out_loss=None,
 ):
     population = space._check(population)
     accuracy = torch.as_tensor(accuracy, dtype=torch.float32).flatten()
@@ -306,6 +338,14 @@ def _fit(
         raise PredictorError(f"holdout must be in [0, 1), got {holdout}")
     start = time.perf_counter()
     train, test = split(len(population), holdout, seed)
+    measured = accuracy
+    if held_out_loss is not None:
+        loss = torch.as_tensor(held_out_loss, dtype=torch.float32).flatten()
+        if len(loss) != len(accuracy) or not torch.isfinite(loss).all() or loss.min() < 0:
+            raise PredictorError(
+                f"need one finite, non-negative loss per row; got {len(loss)} for {len(accuracy)} rows"
+            )
+        accuracy = loss_calibrated(accuracy, loss, train)
     features = space.onehot(population)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -332,7 +372,13 @@ def _fit(
         predicted = model(features[rows])
     scores = evaluate_predictor(predicted, accuracy[rows])
     metrics = PredictorMetrics(
-        len(train), len(test), **scores, epochs=epochs, seconds=time.perf_counter() - start
+        len(train),
+        len(test),
+        **scores,
+        epochs=epochs,
+        seconds=time.perf_counter() - start,
+        label="accuracy" if held_out_loss is None else "loss-calibrated",
+        measured=None if held_out_loss is None else evaluate_predictor(predicted, measured[rows]),
     )
     return model, metrics
 
@@ -345,11 +391,21 @@ def _accuracy(value: Any) -> float:
     return float(value)
 
 
+def _loss(value: Any) -> float | None:
+    """A row's optional mean held-out loss: absent, or a finite non-negative number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"loss {value!r} is not a finite non-negative number")
+    return float(value)
+
+
 @dataclass
 class AccuracyRecord:
     arch: Arch
     accuracy: float
     meta: dict = field(default_factory=dict)
+    loss: float | None = None  # mean cross-entropy on the same images (rows written since #23)
 
 
 class AccuracyDataset:
@@ -372,7 +428,10 @@ class AccuracyDataset:
                 try:
                     row = json.loads(raw)
                     record = AccuracyRecord(
-                        Arch.from_dict(row["arch"]), _accuracy(row["accuracy"]), row.get("meta", {})
+                        Arch.from_dict(row["arch"]),
+                        _accuracy(row["accuracy"]),
+                        row.get("meta", {}),
+                        _loss(row.get("loss")),
                     )
                 except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
                     truncated = not raw.endswith(b"\n")
@@ -390,9 +449,14 @@ class AccuracyDataset:
     def __len__(self) -> int:
         return len(self.read(warn=False))
 
-    def append(self, arch: Arch, accuracy: float, meta: dict | None = None) -> None:
+    def append(
+        self, arch: Arch, accuracy: float, meta: dict | None = None, loss: float | None = None
+    ) -> None:
         """Add one row and make it durable (one write, then fsync) before returning."""
-        line = json.dumps({"arch": arch.to_dict(), "accuracy": float(accuracy), "meta": meta or {}}) + "\n"
+        row = {"arch": arch.to_dict(), "accuracy": float(accuracy), "meta": meta or {}}
+        if loss is not None:
+            row["loss"] = float(loss)
+        line = json.dumps(row) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -430,6 +494,18 @@ class AccuracyDataset:
             )
         population = space.encode([r.arch for r in records])
         return population, torch.tensor([r.accuracy for r in records])
+
+    def losses(self) -> torch.Tensor:
+        """Every usable row's mean held-out loss, in the order of `population`."""
+        records = self.read(warn=False)
+        missing = sum(r.loss is None for r in records)
+        if missing:
+            raise PredictorError(
+                f"{missing} of {len(records)} rows of {self.path} have no loss (written before losses were "
+                "recorded); score the subnets again with `ofa acc-dataset` into a new file, or fit to the "
+                "accuracy (--label accuracy)"
+            )
+        return torch.tensor([r.loss for r in records])
 
 
 def unique_samples(space: SearchSpace, n: int, seed: int = 0) -> torch.Tensor:
@@ -489,7 +565,7 @@ def _check_same_setting(old: dict, new: dict, path: Path) -> None:
 
 
 def collect_accuracy_dataset(
-    evaluate_fn: Callable[[Arch], float],
+    evaluate_fn: Callable[[Arch], float | tuple[float, float]],
     space: SearchSpace,
     n: int,
     path: str | Path,
@@ -504,7 +580,7 @@ def collect_accuracy_dataset(
     from rank. Subnets already in the file are skipped, so a killed run resumes where it stopped
     (rows whose `meta` differs from this run's, e.g. another supernet, are refused);
     a partially written last line is moved to `<path>.corrupt`. `evaluate_fn(arch)` returns the
-    accuracy as a fraction.
+    accuracy as a fraction, or (accuracy, mean loss on the same images).
     """
     rank, world = shard
     if not 0 <= rank < world:
@@ -528,13 +604,15 @@ def collect_accuracy_dataset(
         task = bar.add_task("evaluating subnets", total=len(mine), completed=len(mine) - len(todo))
         for arch in space.decode(torch.tensor(todo, dtype=torch.long).reshape(-1, space.n_genes)):
             began = time.perf_counter()
-            accuracy = float(evaluate_fn(arch))
+            result = evaluate_fn(arch)
+            accuracy, loss = result if isinstance(result, tuple) else (result, None)
+            accuracy = float(accuracy)
             row_meta = {
                 **(meta or {}),
                 "seconds": round(time.perf_counter() - began, 4),
                 "shard": [rank, world],
             }
-            dataset.append(arch, accuracy, row_meta)
+            dataset.append(arch, accuracy, row_meta, loss)
             bar.update(task, advance=1, description=f"evaluating subnets (last {100 * accuracy:.2f} %)")
     return CollectSummary(
         dataset.path, len(mine), len(mine) - len(todo), len(todo), time.perf_counter() - start
