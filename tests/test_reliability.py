@@ -25,6 +25,7 @@ from onceforall.errors import (
     ConfigError,
     ExportError,
     LatencyTableError,
+    OFAError,
     PredictorError,
 )
 from onceforall.io import FolderLock, OutputLocked, remove_stale_tmp
@@ -342,3 +343,149 @@ def test_kill_9_during_latency_build_loses_and_duplicates_no_round(space, tmp_pa
     assert len(rounds) == len(set(rounds))
     table = LatencyTable.load(path)
     assert not table.missing(space) and all(len(r) == 2 for r in table.rounds.values())
+
+
+# ---------------------------------------------------------------------- found by the bad-input sweep
+def cli(*args) -> SimpleNamespace:
+    from typer.testing import CliRunner
+
+    from onceforall.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], prog_name="ofa")
+    return SimpleNamespace(code=result.exit_code, err=result.stderr, out=result.stdout)
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory) -> SimpleNamespace:
+    from onceforall.registry import save_supernet
+
+    folder = tmp_path_factory.mktemp("small")
+    net = small_net()
+    save_supernet(net, folder / "supernet.pt")
+    AccuracyPredictor.for_space(net.search_space()).save(folder / "predictor.pt")
+    build_latency_table(
+        net.search_space(), folder / "lat.jsonl", measure=fake_measure, rounds=1, calibration_subnets=2
+    )
+    return SimpleNamespace(
+        supernet=folder / "supernet.pt", predictor=folder / "predictor.pt", table=folder / "lat.jsonl"
+    )
+
+
+def test_result_and_plot_outputs_replace_only_their_own_kind(small_files, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    table_copy = tmp_path / "lat.jsonl"
+    table_copy.write_bytes(small_files.table.read_bytes())
+    kept = {p: p.read_bytes() for p in (notes, table_copy)}
+    search = ("search", "--supernet", small_files.supernet, "--predictor", small_files.predictor)
+    search += ("--max-macs", "1G", "--generations", 2, "--population", 8)
+    for target in (notes, table_copy):
+        refused = cli(*search, "--out", target)
+        assert refused.code == 2 and "is not a search result (JSON); it is left untouched" in refused.err
+    pareto = ("pareto", "--supernet", small_files.supernet, "--predictor", small_files.predictor)
+    pareto += ("--objectives", "macs", "--generations", 2, "--population", 8)
+    refused = cli(*pareto, "--plot", notes)
+    assert refused.code == 2 and "is not a PNG image; it is left untouched" in refused.err
+    refused = cli(*pareto, "--out", table_copy)
+    assert refused.code == 2 and "is not a Pareto result (JSON)" in refused.err
+    assert {p: p.read_bytes() for p in kept} == kept
+    # Our own earlier outputs are replaced.
+    result, plot = tmp_path / "best.json", tmp_path / "front.png"
+    assert cli(*search, "--out", result).code == 0
+    assert cli(*search, "--out", result, "--seed", 1).code == 0
+    assert cli(*pareto, "--plot", plot).code == 0 and plot.read_bytes().startswith(b"\x89PNG")
+    assert cli(*pareto, "--plot", plot, "--seed", 1).code == 0
+
+
+def test_latency_validate_refuses_a_foreign_plot_before_timing(small_files, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    refused = cli(
+        "latency",
+        "validate",
+        "--supernet",
+        small_files.supernet,
+        "--table",
+        small_files.table,
+        "--n",
+        2,
+        "--plot",
+        notes,
+    )
+    assert refused.code == 2 and "is not a PNG image" in refused.err and notes.read_text() == "my notes\n"
+
+
+def test_specialize_refuses_a_folder_with_the_users_own_report(tmp_path):
+    from onceforall.workflow.specialize import claim_output
+
+    (tmp_path / "report.md").write_text("my report\n")
+    with pytest.raises(OFAError, match=r"did not write \(\['report.md'\]\)"):
+        claim_output(tmp_path)
+    assert (tmp_path / "report.md").read_text() == "my report\n"
+    (tmp_path / "report.md").write_text("# Specialized subnets of `x`\n")  # an earlier run's: cleared
+    (tmp_path / "budget_3ms").mkdir()
+    (tmp_path / "budget_3ms" / "arch.json").write_text("{}")
+    (tmp_path / "budget_notes").mkdir()  # not an export of ours (no arch.json): refused
+    with pytest.raises(OFAError, match=r"did not write \(\['budget_notes'\]\)"):
+        claim_output(tmp_path)
+    (tmp_path / "budget_notes").rmdir()
+    lock = claim_output(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    del lock
+
+
+def test_merge_calibration_subnets_is_range_checked(small_files, tmp_path):
+    out = tmp_path / "merged.jsonl"
+    refused = cli(
+        "latency",
+        "merge",
+        small_files.table,
+        "--supernet",
+        small_files.supernet,
+        "--out",
+        out,
+        "--calibration-subnets",
+        -5,
+    )
+    assert refused.code == 2 and refused.err.startswith("error: Invalid value for '--calibration-subnets'")
+    assert not out.exists()
+
+
+def test_the_shipped_supernet_carries_its_checksum_and_files_without_one_warn(tmp_path):
+    from onceforall.checkpoints import read_file
+    from onceforall.io import save_atomic
+    from onceforall.registry import REGISTRY, load_supernet, tensor_digest
+
+    data = read_file(REGISTRY["ofa_mbv3_fashion_mnist"].weights_path, "supernet")
+    assert data["sha256"] == tensor_digest(data["state_dict"])
+    from onceforall.registry import save_supernet
+
+    save_supernet(small_net(), tmp_path / "net.pt")
+    old = read_file(tmp_path / "net.pt", "supernet")
+    del old["sha256"]  # as files written before the checksum was recorded
+    save_atomic(old, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="carries no checksum of its tensors"):
+        load_supernet(tmp_path / "old.pt")
+
+
+def test_cli_warnings_and_yaml_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: b: c\n")
+    result = cli("train", "--config", bad, "--out", tmp_path / "run")
+    assert (
+        result.code == 2
+        and result.err
+        == f"error: {bad} is not valid YAML (line 1, column 5): mapping values are not allowed here\n"
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    result = cli("train", "--config", bad.with_name("none.yaml"), "--out", notes)
+    assert result.code == 2 and result.err.count("\n") == 1
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(json.dumps(recipe(weight_decay=-0.01)))
+    result = cli("train", "--config", recipe_file, "--out", notes)  # the recipe loads (and warns) first
+    assert (
+        result.err.splitlines()[0]
+        == "warning: weight_decay = -0.01: a negative weight decay grows the weights; use >= 0"
+    )
+    assert result.err.splitlines()[1].startswith(f"error: --out {notes} is a file; give a folder")

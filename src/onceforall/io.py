@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,41 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     return write_text_atomic(json.dumps(data, indent=2) + "\n", path)
+
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RESULT_KEYS = ("method", "space")  # every search / Pareto result JSON this library writes has them
+
+
+def is_png(data: bytes) -> bool:
+    return data.startswith(PNG_MAGIC)
+
+
+def is_result_json(data: bytes) -> bool:
+    """A search or Pareto result of ours: a JSON object with `method` and `space`."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and all(key in value for key in RESULT_KEYS)
+
+
+def refuse_foreign_file(path: str | Path, kind: str, is_ours: Callable[[bytes], bool]) -> None:
+    """Refuse to replace an existing file that is not a `kind` this library wrote (judged by its bytes).
+
+    A user's notes, a latency table or another command's output given as an output path are left
+    untouched; an empty file or one of the same kind may be replaced.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OFAError(f"{path} is a folder; give a file path for the {kind}")
+    if not path.is_file() or not path.stat().st_size:
+        return
+    if path.stat().st_size > MAX_REPLACEABLE or not is_ours(path.read_bytes()):
+        raise OFAError(f"{path} exists and is not a {kind}; it is left untouched: give another path")
+
+
+MAX_REPLACEABLE = 256 << 20  # a larger file is no result or plot of ours: never read it whole
 
 
 @contextmanager

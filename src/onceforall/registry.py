@@ -324,7 +324,14 @@ def _ours(path: Path, data: dict[str, Any], overrides: dict[str, Any]) -> Loaded
     state = data.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; the file is damaged")
-    if "sha256" in data and tensor_digest(state) != data["sha256"]:
+    if "sha256" not in data:
+        warnings.warn(
+            f"{path} carries no checksum of its tensors (it was written before onceforall recorded one), "
+            "so a corrupted copy cannot be told from a good one; save it again with "
+            "onceforall.registry.save_supernet to add one",
+            stacklevel=3,
+        )
+    elif tensor_digest(state) != data["sha256"]:
         raise CheckpointError(
             f"{path} is corrupted: its tensors do not match the SHA-256 recorded when it was written; "
             "copy the file again or retrain"

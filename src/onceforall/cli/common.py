@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,11 @@ from onceforall.registry import REGISTRY, LoadedSupernet, load_supernet
 _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *where: Any, **_: Any) -> None:
+    """A warning as one `warning:` line (not Python's two lines with a file name and a source line)."""
+    err_console.print(f"warning: {message}", markup=False, highlight=False)
+
+
 class _OneLineUsageErrors(TyperGroup):
     """Usage errors end as one `error:` line, exit 2, like the library's own errors (not a boxed panel)."""
 
@@ -28,7 +34,9 @@ class _OneLineUsageErrors(TyperGroup):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                code = super().main(*args, standalone_mode=False, **kwargs)
         except _UsageError as err:
             ctx = getattr(err, "ctx", None)
             if type(err).__name__ == "NoArgsIsHelpError":  # `ofa` or `ofa latency` alone: the help

@@ -23,6 +23,7 @@ from onceforall.cli.common import (
 )
 from onceforall.errors import OFAError
 from onceforall.export import extract_subnet
+from onceforall.io import is_png, refuse_foreign_file
 from onceforall.specialize.latency_build import build_latency_table, merge_latency_tables
 from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
@@ -98,7 +99,7 @@ def latency_merge(
     checkpoint: CheckpointOpt = None,
     net_id: NetIdOpt = None,
     resolutions: ResolutionsOpt = "",
-    calibration_subnets: int = 10,
+    calibration_subnets: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
     seed: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -129,6 +130,8 @@ def latency_validate(
         loaded = LatencyTable.load(table)
         m = loaded.meta
         loaded.check(current_settings(m["backend"], m["device"], m["threads"], m["batch_size"]))
+        if plot is not None:  # before minutes of timing, not after
+            refuse_foreign_file(plot, "PNG image", is_png)
 
         def extract(arch: Arch):
             return extract_subnet(net, arch)

@@ -25,7 +25,7 @@ from onceforall.cli.common import (
     user_errors,
 )
 from onceforall.errors import OFAError
-from onceforall.io import write_json_atomic
+from onceforall.io import is_png, is_result_json, refuse_foreign_file, write_json_atomic
 from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, fit_predictor
 from onceforall.workflow import search as jobs
 from onceforall.workflow.data import supernet_data
@@ -127,6 +127,8 @@ def search(
         accuracy = AccuracyPredictor.load(predictor, space)
         expect = {"backend": backend, "threads": threads, "batch_size": batch_size}
         names, models, budgets = jobs.constraints(space, table, expect, max_latency, max_macs, max_params)
+        if out is not None:  # before the search: a refused --out costs nothing
+            refuse_foreign_file(out, "search result (JSON)", is_result_json)
         result = jobs.search(space, accuracy, names, models, budgets, method, population, generations, seed)
         payload = {**result.to_dict(), "constraints": names}
         if out is not None:
@@ -170,6 +172,10 @@ def pareto(
         accuracy = AccuracyPredictor.load(predictor, space)
         expect = {"backend": backend, "threads": threads, "batch_size": batch_size}
         models = jobs.objective_models(space, objectives, table, expect)
+        if out is not None:
+            refuse_foreign_file(out, "Pareto result (JSON)", is_result_json)
+        if plot is not None:
+            refuse_foreign_file(plot, "PNG image", is_png)
         result = jobs.pareto(space, accuracy, models, population, generations, seed)
         payload = result.to_dict()
         if out is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from onceforall.io import write_bytes_atomic
+from onceforall.io import is_png, refuse_foreign_file, write_bytes_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -59,7 +59,11 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_png(fig: Figure, path: str | Path) -> Path:
-    """Render `fig` to PNG bytes, then write them atomically (a reader never sees half an image)."""
+    """Render `fig` to PNG bytes, then write them atomically (a reader never sees half an image).
+
+    An existing file at `path` is replaced only if it is a PNG image.
+    """
+    refuse_foreign_file(path, "PNG image", is_png)
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=DPI)
     return write_bytes_atomic(image.getvalue(), path)

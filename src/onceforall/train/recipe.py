@@ -415,5 +415,8 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
-        raise ConfigError(f"{path} is not valid YAML: {type(err).__name__}: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        reason = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ConfigError(f"{path} is not valid YAML{line}: {reason}") from None
     return recipe_from_dict(data or {})

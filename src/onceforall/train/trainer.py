@@ -133,6 +133,10 @@ class Trainer:
         micro_batches: int = 1,
     ):
         self.recipe, self.out = recipe, Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(
+                f"--out {self.out} is a file; give a folder for the run (checkpoints, log.jsonl, supernet.pt)"
+            )
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.world = init_world(self.device)
         self.console = Console(quiet=not (progress and self.world.is_main))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 from onceforall.arch import SearchSpace
 from onceforall.cost import LayerTable
 from onceforall.errors import OFAError, PredictorError
-from onceforall.io import FolderLock, remove_stale_tmp
+from onceforall.io import MAX_REPLACEABLE, FolderLock, is_png, remove_stale_tmp
 from onceforall.registry import LoadedSupernet, predictor_path
 from onceforall.specialize.finetune import distilling_finetuner
 from onceforall.specialize.latency_build import build_latency_table
@@ -69,8 +70,34 @@ def spread_budgets(
     return sorted(set(budgets))
 
 
-# What `ofa specialize` writes into --out (and the latency table it may keep there).
-_OWN_FILES = ("report.md", "results.json", "pareto.png")
+def _is_report(data: bytes) -> bool:
+    return data.startswith(b"# Specialized subnets of")
+
+
+def _is_results(data: bytes) -> bool:
+    try:
+        rows = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(rows, list) and all(isinstance(r, dict) and "budget_ms" in r for r in rows)
+
+
+# What `ofa specialize` writes into --out (and the latency table it may keep there), and how each
+# is recognised: a user's own report.md in the folder is not one of ours.
+_OWN_FILES = {"report.md": _is_report, "results.json": _is_results, "pareto.png": is_png}
+
+
+def _own(entry: Path) -> bool:
+    return (
+        entry.is_file()
+        and entry.stat().st_size < MAX_REPLACEABLE
+        and _OWN_FILES[entry.name](entry.read_bytes())
+    )
+
+
+def _budget_folder(entry: Path) -> bool:
+    """A budget's export of an earlier run (its arch.json is written after the models)."""
+    return entry.is_dir() and entry.name.startswith("budget_") and (entry / "arch.json").is_file()
 
 
 def claim_output(out: Path) -> FolderLock:
@@ -85,8 +112,8 @@ def claim_output(out: Path) -> FolderLock:
     foreign = sorted(
         p.name
         for p in (out.iterdir() if out.is_dir() else ())
-        if not (p.name in _OWN_FILES or p.name.startswith(".") or p.suffix == ".jsonl")
-        and not (p.is_dir() and p.name.startswith("budget_"))
+        if not ((p.name in _OWN_FILES and _own(p)) or p.name.startswith(".") or p.suffix == ".jsonl")
+        and not _budget_folder(p)
     )
     if foreign:
         raise OFAError(
@@ -96,7 +123,7 @@ def claim_output(out: Path) -> FolderLock:
     lock = FolderLock(out, "--out").acquire()
     remove_stale_tmp(out)
     for entry in out.iterdir():
-        if entry.is_dir() and entry.name.startswith("budget_"):
+        if _budget_folder(entry):
             shutil.rmtree(entry)
         elif entry.name in _OWN_FILES:
             entry.unlink()
