@@ -2,6 +2,7 @@
 one distillation loss, `init` (start from a supernet file) and the ablation recipes in configs/ablation/."""
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,23 @@ def test_ablation_recipes_share_teacher_data_and_epochs():
     assert [p.name for p in effective_phases(arms["no_ps"])] == ["all-elastic"]
     (inplace,) = effective_phases(arms["inplace"])
     assert inplace.inplace_distill and inplace.sandwich and not inplace.distill
+
+
+def test_scratch_recipes_train_one_corner_with_the_arms_data_and_total_epochs():
+    """Issue #23 item 3: each trains one subnet alone, on arm (a)'s data, for the teacher's + the arm's epochs."""
+    teacher = load_recipe(ROOT / "configs/ablation/teacher.yaml")
+    ps = load_recipe(ROOT / "configs/ablation/ps.yaml")
+    total = sum(p.epochs + p.warmup_epochs for p in (*teacher.phases, *effective_phases(ps)))
+    corners = {"min": (3, 3, 2), "mid": (5, 4, 3), "max": (7, 6, 4)}
+    for name, (k, e, d) in corners.items():
+        scratch = load_recipe(ROOT / f"configs/ablation/scratch_{name}.yaml")
+        assert (scratch.net.ks_list, scratch.net.expand_ratio_list, scratch.net.depth_list) == ([k], [e], [d])
+        assert replace(scratch.net, ks_list=None, expand_ratio_list=None, depth_list=None) == replace(
+            teacher.net, ks_list=None, expand_ratio_list=None, depth_list=None
+        )
+        assert (scratch.data, scratch.seed, scratch.init) == (teacher.data, teacher.seed, None), name
+        assert sum(p.epochs + p.warmup_epochs for p in scratch.phases) == total == 11
+        assert [p.distill for p in scratch.phases] == [False]
 
 
 # ---------------------------------------------------------------------- the loss
