@@ -95,7 +95,7 @@ def mbconv_space(net: MBConvSupernet, name: str, resolutions: tuple[int, ...]) -
     channels = slot = 0
     head = [attr if attr == POOL else getattr(net, attr) for attr in net.head_layers]
     for item in [net.first_conv, *net.blocks, *head]:
-        if item == POOL:
+        if isinstance(item, str):  # POOL
             sites.append(genes.site(["image_size"], partial(_pool_spec, size_of, channels)))
             size_of = None
         elif isinstance(item, ResidualBlock) and isinstance(item.conv, DynamicMBConvLayer):
