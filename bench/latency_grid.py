@@ -1,0 +1,113 @@
+"""Issue #20 item 1: how well latency tables predict whole subnets, over backends, threads and batch sizes.
+
+For each (backend, threads, batch) cell: build a table for the supernet's space here (or reuse the
+one in --folder), then measure --n random extracted subnets end to end and compare (as `ofa latency
+validate`). Cells are appended to --out as they finish, so a stopped grid resumes. Run it on a quiet
+machine: a second job on the same cores makes every timing wrong.
+
+    .venv/bin/python bench/latency_grid.py --supernet ofa_mbv3_fashion_mnist --n 60
+    .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --backends torch --n 60
+    .venv/bin/python bench/latency_grid.py --markdown                     # the table of --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from onceforall.export import extract_subnet
+from onceforall.registry import load_supernet
+from onceforall.specialize.latency_build import build_latency_table
+from onceforall.specialize.latency_table import LatencyTable
+from onceforall.specialize.latency_validate import validate_latency_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args: argparse.Namespace) -> None:
+    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else None
+    net = load_supernet(args.supernet, resolutions=resolutions).net.eval()
+    space = net.search_space()
+    done = {
+        (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"])
+        for r in read(args.out)
+    }
+    cells = itertools.product(args.backends.split(","), args.threads, args.batches)
+    for backend, threads, batch in cells:
+        if (args.supernet, tuple(space.resolutions), backend, threads, batch) in done:
+            continue
+        table_path = args.folder / f"{space.name}_{backend}_{threads}t_b{batch}.jsonl"
+        started = time.perf_counter()
+        build_latency_table(
+            space, table_path, backend=backend, threads=threads, batch_size=batch, progress=True
+        )
+        built = time.perf_counter() - started
+        table = LatencyTable.load(table_path)
+        report = validate_latency_table(
+            table, space, args.n, subnet_fn=lambda arch: extract_subnet(net, arch), progress=True
+        )
+        row = {
+            "supernet": args.supernet,
+            "resolutions": list(space.resolutions),
+            "backend": backend,
+            "threads": threads,
+            "batch": batch,
+            "layers": len(table.layers),
+            "build_s": round(built, 1),
+            "validate_s": round(time.perf_counter() - started - built, 1),
+            **report.to_dict(),
+        }
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(
+            f"{args.supernet} {backend} {threads}t b{batch}: {100 * row['within_10']:.0f} % within 10 %, "
+            f"MAPE {row['mape']:.1f} %, Spearman {row['spearman']:.3f}, spread {row['spread']:.1f} %",
+            flush=True,
+        )
+
+
+def read(path: Path) -> list[dict]:
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| supernet | resolutions | backend | threads | batch | layers | within ±10 % | MAPE | Spearman | max error | machine spread |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        res = ",".join(map(str, r["resolutions"]))
+        lines.append(
+            f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | {r['layers']} | "
+            f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
+            f"{r['max_error']:.1f} % | {r['spread']:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--supernet", default="ofa_mbv3_fashion_mnist")
+    parser.add_argument("--resolutions", default="", help="comma-separated (default: the supernet's)")
+    parser.add_argument("--backends", default="torch,onnxruntime")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--n", type=int, default=60, help="random subnets measured per cell")
+    parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "latency_grid")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
+    parser.add_argument("--markdown", action="store_true", help="print the table of --out")
+    args = parser.parse_args()
+    if not args.markdown:
+        args.folder.mkdir(parents=True, exist_ok=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        run(args)
+    print(markdown(read(args.out)))
+
+
+if __name__ == "__main__":
+    main()
