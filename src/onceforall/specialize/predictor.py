@@ -309,19 +309,19 @@ def loss_calibrated(accuracy: torch.Tensor, loss: torch.Tensor, rows: torch.Tens
 
 
 def _fit(
-    space,
-    population,
-    accuracy,
-    holdout,
-    epochs,
-    lr,
-    batch_size,
-    weight_decay,
-    seed,
-    hidden_size,
-    n_layers,
-    held_out_loss=None,
-):
+    space: SearchSpace,
+    population: torch.Tensor,
+    accuracy: torch.Tensor,
+    holdout: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+    hidden_size: int,
+    n_layers: int,
+    subnet_loss: torch.Tensor | None = None,
+) -> tuple[AccuracyPredictor, PredictorMetrics]:
     population = space._check(population)
     accuracy = torch.as_tensor(accuracy, dtype=torch.float32).flatten()
     if len(accuracy) != len(population):
@@ -340,8 +340,8 @@ def _fit(
     start = time.perf_counter()
     train, test = split(len(population), holdout, seed)
     measured = accuracy
-    if held_out_loss is not None:
-        loss = torch.as_tensor(held_out_loss, dtype=torch.float32).flatten()
+    if subnet_loss is not None:
+        loss = torch.as_tensor(subnet_loss, dtype=torch.float32).flatten()
         if len(loss) != len(accuracy) or not torch.isfinite(loss).all() or loss.min() < 0:
             raise PredictorError(
                 f"need one finite, non-negative loss per row; got {len(loss)} for {len(accuracy)} rows"
@@ -386,8 +386,8 @@ def _fit(
         **scores,
         epochs=epochs,
         seconds=time.perf_counter() - start,
-        label="accuracy" if held_out_loss is None else "loss-calibrated",
-        measured=None if held_out_loss is None else evaluate_predictor(predicted, measured[rows]),
+        label="accuracy" if subnet_loss is None else "loss-calibrated",
+        measured=None if subnet_loss is None else evaluate_predictor(predicted, measured[rows]),
     )
     return model, metrics
 
