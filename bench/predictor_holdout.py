@@ -21,13 +21,8 @@ import torch
 
 from onceforall.arch import Arch
 from onceforall.registry import load_supernet
-from onceforall.specialize.predictor import (
-    AccuracyDataset,
-    AccuracyPredictor,
-    evaluate_predictor,
-    loss_calibrated,
-    split,
-)
+from onceforall.specialize.accuracy_dataset import AccuracyDataset
+from onceforall.specialize.predictor import AccuracyPredictor, evaluate_predictor, loss_calibrated, split
 
 
 def test_top1(loaded, archs: list[Arch], cache: Path) -> torch.Tensor:

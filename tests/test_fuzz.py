@@ -28,9 +28,10 @@ from onceforall.cli import app
 from onceforall.cli.common import parse_resolutions
 from onceforall.errors import OFAError
 from onceforall.registry import load_supernet, save_supernet
+from onceforall.specialize.accuracy_dataset import AccuracyDataset
 from onceforall.specialize.latency_build import build_latency_table
 from onceforall.specialize.latency_table import LatencyTable
-from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor
+from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.train.recipe import load_recipe, recipe_from_dict
 from onceforall.workflow.evaluate import read_arch
 from onceforall.workflow.specialize import parse_budgets, parse_quantity

@@ -11,15 +11,8 @@ from scipy.stats import kendalltau
 
 from onceforall import OFAMobileNetV3
 from onceforall.errors import PredictorError
-from onceforall.specialize.predictor import (
-    AccuracyDataset,
-    AccuracyPredictor,
-    collect_accuracy_dataset,
-    fit_predictor,
-    loss_calibrated,
-    split,
-    unique_samples,
-)
+from onceforall.specialize.accuracy_dataset import AccuracyDataset, collect_accuracy_dataset, unique_samples
+from onceforall.specialize.predictor import AccuracyPredictor, fit_predictor, loss_calibrated, split
 from onceforall.specialize.timing import torch_threads
 
 

@@ -22,9 +22,10 @@ from onceforall import OFAError, zoo
 from onceforall.cost import count_macs, count_params, distinct_specs
 from onceforall.export import extract_subnet
 from onceforall.registry import FAMILIES, REGISTRY, family_of, load_supernet, registered, save_supernet
+from onceforall.specialize.accuracy_dataset import AccuracyDataset, collect_accuracy_dataset
 from onceforall.specialize.latency_build import build_latency_table
 from onceforall.specialize.pipeline import specialize
-from onceforall.specialize.predictor import AccuracyDataset, collect_accuracy_dataset, fit_predictor
+from onceforall.specialize.predictor import fit_predictor
 from onceforall.specialize.search import evolution_search
 from onceforall.specialize.timing import Measurer, torch_threads
 from onceforall.train import Trainer, load_recipe, recipe_from_dict

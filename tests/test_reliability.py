@@ -29,9 +29,10 @@ from onceforall.errors import (
     PredictorError,
 )
 from onceforall.io import FolderLock, OutputLocked, remove_stale_tmp
+from onceforall.specialize.accuracy_dataset import AccuracyDataset, collect_accuracy_dataset
 from onceforall.specialize.latency_build import build_latency_table
 from onceforall.specialize.latency_table import LatencyTable
-from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, collect_accuracy_dataset
+from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.timing import Timing
 from onceforall.train.recipe import RecipeWarning, recipe_from_dict
 from onceforall.train.trainer import Trainer
@@ -291,7 +292,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from test_reliability import small_net, fake_measure
 from onceforall.specialize.latency_build import build_latency_table
-from onceforall.specialize.predictor import collect_accuracy_dataset
+from onceforall.specialize.accuracy_dataset import collect_accuracy_dataset
 space = small_net().search_space()
 def slow_measure(module, shape):
     timer = fake_measure(module, shape)

@@ -7,12 +7,8 @@ import torch
 from test_train import needs_data
 
 from onceforall.registry import REGISTRY, load_supernet, predictor_path
-from onceforall.specialize.predictor import (
-    AccuracyDataset,
-    AccuracyPredictor,
-    evaluate_predictor,
-    loss_calibrated,
-)
+from onceforall.specialize.accuracy_dataset import AccuracyDataset
+from onceforall.specialize.predictor import AccuracyPredictor, evaluate_predictor, loss_calibrated
 from onceforall.workflow.evaluate import evaluate_subnet
 
 NET_ID = "ofa_mbv3_fashion_mnist"

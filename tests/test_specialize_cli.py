@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from onceforall.cli import app
 from onceforall.errors import OFAError
 from onceforall.registry import load_supernet
-from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, unique_samples
+from onceforall.specialize.accuracy_dataset import AccuracyDataset, unique_samples
+from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.timing import torch_threads
 from onceforall.workflow.specialize import parse_quantity
 

@@ -26,7 +26,8 @@ from onceforall.cli.common import (
 )
 from onceforall.errors import OFAError
 from onceforall.io import is_png, is_result_json, refuse_foreign_file, write_json_atomic
-from onceforall.specialize.predictor import AccuracyDataset, AccuracyPredictor, fit_predictor
+from onceforall.specialize.accuracy_dataset import AccuracyDataset
+from onceforall.specialize.predictor import AccuracyPredictor, fit_predictor
 from onceforall.workflow import search as jobs
 from onceforall.workflow.data import supernet_data
 from onceforall.workflow.evaluate import read_arch

@@ -23,7 +23,7 @@ from onceforall.cli.common import (
     say,
     user_errors,
 )
-from onceforall.specialize.predictor import collect_accuracy_dataset
+from onceforall.specialize.accuracy_dataset import collect_accuracy_dataset
 from onceforall.workflow.data import dataset_evaluator, supernet_data
 from onceforall.workflow.evaluate import evaluate_subnet
 
