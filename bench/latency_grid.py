@@ -31,18 +31,28 @@ def run(args: argparse.Namespace) -> None:
     resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else None
     net = load_supernet(args.supernet, resolutions=resolutions).net.eval()
     space = net.search_space()
+    timing = (args.subnet_rounds, args.subnet_repeats)
     done = {
-        (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"])
+        (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"], subnet_timing(r))
         for r in read(args.out)
     }
     cells = itertools.product(args.backends.split(","), args.threads, args.batches)
     for backend, threads, batch in cells:
-        if (args.supernet, tuple(space.resolutions), backend, threads, batch) in done:
+        if (args.supernet, tuple(space.resolutions), backend, threads, batch, timing) in done:
             continue
-        table_path = args.folder / f"{space.name}_{backend}_{threads}t_b{batch}.jsonl"
+        table_path = (
+            args.folder / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}.jsonl"
+        )
         started = time.perf_counter()
         build_latency_table(
-            space, table_path, backend=backend, threads=threads, batch_size=batch, progress=True
+            space,
+            table_path,
+            backend=backend,
+            threads=threads,
+            batch_size=batch,
+            subnet_rounds=timing[0],
+            subnet_repeats=timing[1],
+            progress=True,
         )
         built = time.perf_counter() - started
         table = LatencyTable.load(table_path)
@@ -55,6 +65,8 @@ def run(args: argparse.Namespace) -> None:
             "backend": backend,
             "threads": threads,
             "batch": batch,
+            "subnet_rounds": timing[0],
+            "subnet_repeats": timing[1],
             "layers": len(table.layers),
             "build_s": round(built, 1),
             "validate_s": round(time.perf_counter() - started - built, 1),
@@ -64,7 +76,8 @@ def run(args: argparse.Namespace) -> None:
             handle.write(json.dumps(row) + "\n")
         print(
             f"{args.supernet} {backend} {threads}t b{batch}: {100 * row['within_10']:.0f} % within 10 %, "
-            f"MAPE {row['mape']:.1f} %, Spearman {row['spearman']:.3f}, spread {row['spread']:.1f} %",
+            f"MAPE {row['mape']:.1f} %, Spearman {row['spearman']:.3f}, spread {row['spread']:.1f} %, "
+            f"drift {row['drift']:+.1f} %",
             flush=True,
         )
 
@@ -75,17 +88,24 @@ def read(path: Path) -> list[dict]:
     )
 
 
+def subnet_timing(row: dict) -> tuple[int, int]:
+    """How the row's subnets were timed (rounds, repeats); rows from before it was recorded: 5 x 20."""
+    return row.get("subnet_rounds", 5), row.get("subnet_repeats", 20)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| supernet | resolutions | backend | threads | batch | layers | within ±10 % | MAPE | Spearman | max error | machine spread |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| supernet | resolutions | backend | threads | batch | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
-            f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | {r['layers']} | "
+            f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
+            f"{'{} x {}'.format(*subnet_timing(r))} | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
-            f"{r['max_error']:.1f} % | {r['spread']:.1f} % |"
+            f"{r['max_error']:.1f} % | {r['spread']:.1f} % | "
+            + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")
         )
     return "\n".join(lines)
 
@@ -98,6 +118,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--n", type=int, default=60, help="random subnets measured per cell")
+    parser.add_argument("--subnet-rounds", type=int, default=10, help="rounds per whole subnet")
+    parser.add_argument("--subnet-repeats", type=int, default=50, help="timed runs per subnet round")
     parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "latency_grid")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")

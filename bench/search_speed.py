@@ -15,7 +15,7 @@ Everything runs on one torch thread.
 3. NSGA-II (accuracy x MACs): hypervolume of a normal run against a long run of the same seed.
 
     .venv/bin/python bench/search_speed.py [--budget 300] [--generations 500] [--seeds 10]
-        [--official-seeds 3] [--long-seeds 10] [--long-generations 5000] [--skip-official] [--skip-nsga2]
+        [--our-generations 200] [--official-seeds 3] [--long-seeds 10] [--long-generations 5000] [--skip-official] [--skip-nsga2]
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def spread(values: list[float]) -> str:
 
 def summary(args: argparse.Namespace, reference: float, ours: list, theirs: list) -> None:
     print(
-        f"\n{args.generations} generations, population 100, budget {args.budget:g} MMACs, "
+        f"\nours {args.our_generations} generations, official {args.generations}, population 100, "
+        f"budget {args.budget:g} MMACs, "
         f"{len(RESOLUTIONS)} resolutions, 1 torch thread"
     )
     times = [t for t, _ in ours]
@@ -169,7 +170,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--budget", type=float, default=300, help="max MACs in millions")
-    parser.add_argument("--generations", type=int, default=500)
+    parser.add_argument("--generations", type=int, default=500, help="the official finder's generations")
+    parser.add_argument(
+        "--our-generations", type=int, default=None, help="ours (default: --generations; 200 converge here)"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="normal searches of ours (seeds 0..n-1)")
     parser.add_argument(
         "--official-seeds", type=int, default=3, help="of those, how many also run officially (a minute each)"
@@ -182,6 +186,8 @@ def main() -> None:
     parser.add_argument("--nsga2-generations", type=int, default=100)
     parser.add_argument("--nsga2-long-generations", type=int, default=1000)
     args = parser.parse_args()
+    if args.our_generations is None:
+        args.our_generations = args.generations
     torch.manual_seed(0)
     net = OFAMobileNetV3(n_classes=1000, dropout_rate=0, resolutions=RESOLUTIONS, **LISTS)
     space = net.search_space()
@@ -210,7 +216,9 @@ def main() -> None:
     finder = None if args.skip_official else official(space, predictor)
     ours, theirs = [], []
     for seed in range(args.seeds):
-        result = evolution_search(space, accuracy, macs, args.budget, generations=args.generations, seed=seed)
+        result = evolution_search(
+            space, accuracy, macs, args.budget, generations=args.our_generations, seed=seed
+        )
         ours.append((result.seconds, result.best_accuracy))
         line = (
             f"seed {seed}: ours {result.seconds:5.2f} s {100 * result.best_accuracy:.3f} % "

@@ -22,7 +22,16 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     save_tiny_supernet(folder / "supernet.pt")
     space = load_supernet(folder / "supernet.pt").net.search_space()
     AccuracyPredictor.for_space(space).save(folder / "predictor.pt")
-    build_latency_table(space, folder / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2)
+    build_latency_table(
+        space,
+        folder / "lat.jsonl",
+        warmup=1,
+        repeats=3,
+        rounds=1,
+        subnet_rounds=1,
+        subnet_repeats=3,
+        calibration_subnets=2,
+    )
     return {
         "supernet": folder / "supernet.pt",
         "predictor": folder / "predictor.pt",

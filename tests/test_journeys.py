@@ -73,7 +73,20 @@ def test_official_checkpoint_specializes_through_the_cli(net_id: str, image_fold
     common = ["--supernet", str(checkpoint), "--net-id", net_id, "--resolutions", "128"]
     table = tmp_path / "latency.jsonl"
     with torch_threads(1):
-        fast = ["--warmup", "0", "--repeats", "1", "--rounds", "1", "--calibration-subnets", "1"]
+        fast = [
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--rounds",
+            "1",
+            "--subnet-rounds",
+            "1",
+            "--subnet-repeats",
+            "1",
+            "--calibration-subnets",
+            "1",
+        ]
         result = CliRunner().invoke(app, ["latency", "build", *common, "--out", str(table), *fast])
         assert result.exit_code == 0, result.output
         space = load_supernet(checkpoint, net_id=net_id, resolutions=[128]).net.search_space()

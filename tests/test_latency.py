@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from dataclasses import astuple
 
 import pytest
 import torch
@@ -14,7 +15,11 @@ from onceforall import OFAMobileNetV3
 from onceforall.cost import distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
-from onceforall.specialize.latency_build import build_latency_table, merge_latency_tables
+from onceforall.specialize.latency_build import (
+    build_latency_table,
+    calibrate_latency_table,
+    merge_latency_tables,
+)
 from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import Measurer, Timing, current_settings, torch_threads
@@ -275,6 +280,23 @@ def test_validation_reports_the_machines_own_spread(space, tmp_path):
     )
     assert report.spread == pytest.approx(100 * 0.2 / 1.1)  # (1.2 - 1.0) / median 1.1
     assert report.to_dict()["spread"] == report.spread
+
+
+def test_validation_reports_how_far_the_machine_drifted_since_calibration(space, tmp_path):
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend())
+    assert validate_latency_table(table, space, n=4, measure=FakeBackend()).drift == 0.0
+
+    def slower(module, shape):  # the machine in a slow spell: everything 25 % slower
+        timer = FakeBackend()(module, shape)
+        return lambda: Timing(*(1.25 * v for v in astuple(timer())[:3]), 1)
+
+    report = validate_latency_table(table, space, n=4, measure=slower)
+    assert report.drift == pytest.approx(25.0)
+    assert report.to_dict()["drift"] == report.drift
+    # recalibrating here, now, takes the drift out
+    calibrate_latency_table(table, space, n_subnets=4, measure=slower)
+    assert LatencyTable.load(table.path).calibration == table.calibration
+    assert validate_latency_table(table, space, n=4, measure=slower).drift == pytest.approx(0.0)
 
 
 def test_another_library_version_warns_instead_of_refusing(space, tmp_path):

@@ -29,7 +29,14 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
     evaluator, images = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu")
     space = net.search_space()
     table = build_latency_table(
-        space, tmp_path / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2
+        space,
+        tmp_path / "lat.jsonl",
+        warmup=1,
+        repeats=3,
+        rounds=1,
+        subnet_rounds=2,
+        subnet_repeats=3,
+        calibration_subnets=2,
     )
     predictor = AccuracyPredictor.for_space(space)
     budget = float(table.model(space)(space.encode(space.max_arch()))[0])  # feasible for sure
@@ -40,7 +47,6 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
         table,
         [budget],
         tmp_path / "out",
-        rounds=2,
         max_rounds=1,
         generations=50,
         formats=("onnx",),  # .pt2 export is tested by the fine-tuning test below
@@ -72,7 +78,7 @@ def test_subnets_are_timed_in_interleaved_rounds_with_the_tables_statistic(
         return lambda: Timing(ms, ms, ms, 1)
 
     table = build_latency_table(
-        space, tmp_path / "lat.jsonl", rounds=1, statistic="median", measure=by_params
+        space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=3, statistic="median", measure=by_params
     )
     largest = float(table.model(space)(space.encode(space.max_arch()))[0])
     timings = itertools.count(1)
@@ -91,7 +97,6 @@ def test_subnets_are_timed_in_interleaved_rounds_with_the_tables_statistic(
         table,
         [0.9 * largest, largest],
         tmp_path / "out",
-        rounds=3,
         formats=("onnx",),
         max_rounds=1,
         generations=50,
@@ -109,7 +114,14 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
     evaluator, _ = dataset_evaluator(loaded, source, "test", "cpu")
     space = net.search_space()
     table = build_latency_table(
-        space, tmp_path / "lat.jsonl", warmup=1, repeats=3, rounds=1, calibration_subnets=2
+        space,
+        tmp_path / "lat.jsonl",
+        warmup=1,
+        repeats=3,
+        rounds=1,
+        subnet_rounds=1,
+        subnet_repeats=3,
+        calibration_subnets=2,
     )
     budget = float(table.model(space)(space.encode(space.max_arch()))[0])
     loader = training_loader(source, "cpu")
@@ -127,7 +139,6 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
         table,
         [budget],
         tmp_path / "out",
-        rounds=1,
         finetune=tune,
         formats=("pt2",),
         max_rounds=1,
@@ -163,7 +174,7 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
         return lambda: Timing(ms, ms, ms, 1)
 
     table = build_latency_table(
-        space, tmp_path / "lat.jsonl", rounds=1, statistic="median", measure=by_params
+        space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=1, statistic="median", measure=by_params
     )
     model = table.model(space)
     largest = float(model(space.encode(space.max_arch()))[0])
@@ -181,7 +192,6 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
         table,
         [tight, roomy],
         tmp_path / "out",
-        rounds=1,
         formats=("onnx",),
         generations=50,
     )

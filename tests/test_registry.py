@@ -206,7 +206,14 @@ def test_every_stage_runs_for_every_family(family: str, tmp_path: Path):
     predictor, _ = fit_predictor(space, population, accuracy, holdout=0.25, epochs=2)
 
     table = build_latency_table(
-        space, tmp_path / "lat.jsonl", warmup=0, repeats=1, rounds=1, calibration_subnets=2
+        space,
+        tmp_path / "lat.jsonl",
+        warmup=0,
+        repeats=1,
+        rounds=1,
+        subnet_rounds=1,
+        subnet_repeats=1,
+        calibration_subnets=2,
     )
     latency = table.model(space)
     budget = float(latency(space.encode(space.max_arch(16)))[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from onceforall.cli import app
 from onceforall.errors import OFAError
 from onceforall.registry import load_supernet
 from onceforall.specialize.accuracy_dataset import AccuracyDataset, unique_samples
+from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.timing import torch_threads
 from onceforall.workflow.specialize import parse_quantity
@@ -105,7 +107,20 @@ def test_search_errors_are_clear(predictor_file, tmp_path):
 
 def test_latency_build_validate_and_search(predictor_file, tmp_path):
     table = tmp_path / "t.jsonl"
-    fast = ["--warmup", "1", "--repeats", "2", "--rounds", "1", "--calibration-subnets", "3"]
+    fast = [
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--subnet-rounds",
+        "1",
+        "--subnet-repeats",
+        "2",
+        "--calibration-subnets",
+        "3",
+    ]
     result = invoke("latency", "build", *SMALL, "--out", table, *fast, "--json")
     assert result.exit_code == 0, result.output
     built = last_json(result)
@@ -114,7 +129,13 @@ def test_latency_build_validate_and_search(predictor_file, tmp_path):
         "latency", "validate", *SMALL, "--table", table, "--n", "3", "--plot", tmp_path / "v.png", "--json"
     )
     assert result.exit_code == 0, result.output
-    assert last_json(result)["n"] == 3 and (tmp_path / "v.png").is_file()
+    validated = last_json(result)
+    assert validated["n"] == 3 and (tmp_path / "v.png").is_file() and math.isfinite(validated["drift"])
+    lines = len(table.read_text().splitlines())
+    result = invoke("latency", "calibrate", *SMALL, "--table", table, "--calibration-subnets", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(table.read_text().splitlines()) == lines + 1  # one calibration line appended; the last wins
+    assert LatencyTable.load(table).calibration.scale == last_json(result)["scale"]
     top = 2 * max(s["measured_ms"] for s in json.loads(table.read_text().splitlines()[-1])["subnets"])
     args = ("search", *SMALL, "--predictor", predictor_file, "--table", table, "--max-latency", f"{top}ms")
     result = invoke(*args, "--max-macs", "6M", "--generations", "5", "--json")

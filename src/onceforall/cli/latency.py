@@ -1,4 +1,4 @@
-"""`ofa latency build|merge|validate`: latency lookup tables measured on this machine."""
+"""`ofa latency build|merge|calibrate|validate`: latency lookup tables measured on this machine."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ from onceforall.cli.common import (
 from onceforall.errors import OFAError
 from onceforall.export import extract_subnet
 from onceforall.io import is_png, refuse_foreign_file
-from onceforall.specialize.latency_build import build_latency_table, merge_latency_tables
+from onceforall.specialize.latency_build import (
+    build_latency_table,
+    calibrate_latency_table,
+    merge_latency_tables,
+)
 from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import current_settings
@@ -51,6 +55,10 @@ def latency_build(
     warmup: Annotated[int, typer.Option(min=0, max=10_000, help="untimed runs per round")] = 10,
     repeats: Annotated[int, typer.Option(min=1, max=10_000, help="timed runs per round")] = 20,
     rounds: Annotated[int, typer.Option(min=1, max=1000, help="interleaved rounds per layer")] = 5,
+    subnet_rounds: Annotated[
+        int, typer.Option(min=1, max=1000, help="rounds per whole subnet (calibrate, validate, budgets)")
+    ] = 10,
+    subnet_repeats: Annotated[int, typer.Option(min=1, max=10_000, help="timed runs per subnet round")] = 50,
     statistic: Annotated[str, typer.Option(help="p10 (fastest round's 10th percentile) or median")] = "p10",
     shard: Annotated[str, typer.Option(help="RANK/WORLD: measure this share of the layers")] = "0/1",
     calibration_subnets: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
@@ -72,6 +80,8 @@ def latency_build(
             warmup=warmup,
             repeats=repeats,
             rounds=rounds,
+            subnet_rounds=subnet_rounds,
+            subnet_repeats=subnet_repeats,
             statistic=statistic,
             shard=(rank, world),
             calibration_subnets=calibration_subnets,
@@ -112,6 +122,35 @@ def latency_merge(
         emit({"path": str(out), "layers": len(table.layers), "meta": table.meta})
 
 
+@latency_app.command("calibrate")
+def latency_calibrate(
+    supernet: SupernetOpt,
+    table: Annotated[Path, typer.Option(help="the latency table (its new calibration is appended)")],
+    checkpoint: CheckpointOpt = None,
+    net_id: NetIdOpt = None,
+    resolutions: ResolutionsOpt = "",
+    calibration_subnets: Annotated[int, typer.Option(min=1, max=10_000)] = 10,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit the table's calibration again on whole subnets timed here now (when `validate` reports drift)."""
+    with user_errors():
+        space = open_supernet(supernet, checkpoint, net_id, resolutions).net.search_space()
+        loaded = LatencyTable.load(table, require_calibration=False)
+        loaded.model(space)  # the table must cover this space before a minute of timing
+        c = calibrate_latency_table(loaded, space, calibration_subnets, seed, progress=True)
+    say(f"recalibrated {table}: scale {c.scale:.3f}, overhead {c.overhead_ms:.3f} ms", as_json)
+    if as_json:
+        emit(
+            {
+                "path": str(table),
+                "call_overhead_ms": c.call_overhead_ms,
+                "scale": c.scale,
+                "overhead_ms": c.overhead_ms,
+            }
+        )
+
+
 @latency_app.command("validate")
 def latency_validate(
     supernet: SupernetOpt,
@@ -142,10 +181,17 @@ def latency_validate(
     say(
         f"{report.n} subnets: {100 * report.within_10:.1f} % within ±10 %, MAPE {report.mape:.2f} %, "
         f"Spearman {report.spearman:.3f}, max error {report.max_error:.1f} %; the machine's own spread "
-        f"{report.spread:.1f} % (the same subnets measured again)"
-        + (f"; plot {report.plot}" if report.plot else ""),
+        f"{report.spread:.1f} % (the same subnets measured again), drift since calibration "
+        f"{report.drift:+.1f} %" + (f"; plot {report.plot}" if report.plot else ""),
         as_json,
     )
+    if abs(report.drift) > 5:
+        say(
+            f"warning: the table's calibration subnets run {abs(report.drift):.1f} % "
+            f"{'slower' if report.drift > 0 else 'faster'} now than when it was calibrated: the machine "
+            f"changed speed; recalibrate with `ofa latency calibrate --table {table}` (same --supernet)",
+            as_json,
+        )
     if report.spread > 5:
         say(
             f"warning: this machine disagrees with itself by {report.spread:.1f} % between measurements of the "

@@ -54,6 +54,8 @@ def build_latency_table(
     rounds: int = 5,
     statistic: str = "p10",
     shard: tuple[int, int] = (0, 1),
+    subnet_rounds: int = 10,
+    subnet_repeats: int = 50,
     calibration_subnets: int = 10,
     seed: int = 0,
     progress: bool = False,
@@ -65,16 +67,21 @@ def build_latency_table(
     with the other layers of its chunk. A file left by a killed build is resumed: rounds already in
     it are not measured again. With `shard=(rank, world)` only the specs with index % world == rank
     are measured; combine the shard files with `merge_latency_tables`. An unsharded build ends by
-    calibrating on whole subnets. `measure(module, input_shape) -> timer` replaces the backend (tests).
+    calibrating on whole subnets. Whole subnets (calibration here; `validate_latency_table` and the
+    budget check of `specialize` later) are timed `subnet_rounds` x `subnet_repeats` times, more than a
+    layer: on a shared VM one subnet's time varies by 5-10 % between runs of 5 x 20, which is the
+    whole tolerance of a budget, while a layer's noise averages out over the twenty-odd layers summed.
+    `measure(module, input_shape) -> timer` replaces the backend (tests).
     """
     rank, world = shard
     if not 0 <= rank < world:
         raise LatencyTableError(f"shard {rank}/{world} is invalid: need 0 <= rank < world")
     if statistic not in STATISTICS:
         raise LatencyTableError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
-    if rounds < 1 or repeats < 1 or warmup < 0:
+    if min(rounds, repeats, subnet_rounds, subnet_repeats) < 1 or warmup < 0:
         raise LatencyTableError(
-            f"need rounds >= 1, repeats >= 1, warmup >= 0; got {rounds}, {repeats}, {warmup}"
+            "need rounds, repeats, subnet_rounds and subnet_repeats >= 1 and warmup >= 0; got "
+            f"{rounds}, {repeats}, {subnet_rounds}, {subnet_repeats} and {warmup}"
         )
     meta = {
         **current_settings(backend, device, threads, batch_size),
@@ -82,6 +89,8 @@ def build_latency_table(
         "repeats": repeats,
         "rounds": rounds,
         "statistic": statistic,
+        "subnet_rounds": subnet_rounds,
+        "subnet_repeats": subnet_repeats,
         "space": space.name,
         "resolutions": list(space.resolutions),
         "shard": [rank, world],
@@ -164,11 +173,18 @@ def merge_latency_tables(
 
 
 def table_measurer(table: LatencyTable) -> Measurer:
-    """A Measurer with the table's settings; refuses if this machine is not the one it was measured on."""
+    """A Measurer of whole subnets with the table's settings and subnet repeats; refuses if this
+    machine is not the one it was measured on."""
     m = table.meta
     settings = (m["backend"], m["device"], m["threads"], m["batch_size"])
     table.check(current_settings(*settings))
-    return Measurer(*settings, m["warmup"], m["repeats"])
+    return Measurer(*settings, m["warmup"], subnet_timing(table)[1])
+
+
+def subnet_timing(table: LatencyTable) -> tuple[int, int]:
+    """(rounds, repeats) a whole subnet is timed with; a table from before they were recorded: its layers'."""
+    m = table.meta
+    return m.get("subnet_rounds", m.get("rounds", 1)), m.get("subnet_repeats", m["repeats"])
 
 
 def calibrate_latency_table(
@@ -219,7 +235,7 @@ def _measure_subnets(
     chunk: int = 25,
 ) -> list[float]:
     """Median latency (ms) of whole subnets, measured in interleaved rounds like the layers."""
-    batch, rounds = table.meta["batch_size"], table.meta.get("rounds", 1)
+    batch, rounds = table.meta["batch_size"], subnet_timing(table)[0]
     items = []
     for factory, specs in subnets:
         first = specs[0]

@@ -32,9 +32,10 @@ class ValidationReport:
     archs: list[dict]
     plot: str | None = None
     spread: float = float("nan")  # the machine's own spread (%): re-measurements of the same subnets
+    drift: float = float("nan")  # how much slower (%) the calibration subnets run now than when calibrated
 
     def to_dict(self, with_points: bool = False) -> dict:
-        keys = ("n", "within_10", "mape", "spearman", "max_error", "spread", "plot")
+        keys = ("n", "within_10", "mape", "spearman", "max_error", "spread", "drift", "plot")
         out = {k: getattr(self, k) for k in keys}
         if with_points:
             out.update(measured_ms=self.measured_ms, predicted_ms=self.predicted_ms, archs=self.archs)
@@ -64,6 +65,11 @@ def validate_latency_table(
     1 + `spread_repeats` times, %): errors below it are noise, not the table's. `plot` writes a
     measured-vs-predicted PNG. Rounds are interleaved over `chunk` subnets at a time (more spreads
     each subnet's rounds over a longer time; fewer holds fewer prepared subnets in memory).
+
+    The table's calibration subnets are timed again in the last chunk: `drift` is the median of
+    (now / at calibration) - 1, in %. A shared VM can run 10-60 % slower for minutes at a time; a
+    table calibrated in a fast spell then predicts low by that much however good its layers are,
+    and `calibrate_latency_table` (`ofa latency calibrate`) fits it to the machine as it is now.
     """
     from scipy.stats import spearmanr
 
@@ -79,7 +85,12 @@ def validate_latency_table(
         for a, c in zip(archs, chains)
     ]
     subnets = list(zip(factories, chains))
-    measured = _measure_subnets(table, subnets, measure, progress, "measuring subnets", in_channels, chunk)
+    calibrated = table.calibration.subnets if table.calibration else []
+    again_specs = subnet_specs(space, space.encode([Arch.from_dict(c["arch"]) for c in calibrated]))
+    timed = subnets + [((lambda c=c: SpecChain(c)), c) for c in again_specs]  # as calibrate timed them
+    everything = _measure_subnets(table, timed, measure, progress, "measuring subnets", in_channels, chunk)
+    measured, now = everything[:n], everything[n:]
+    ratios = [b / c["measured_ms"] for b, c in zip(now, calibrated) if c["measured_ms"] > 0]
     errors = [abs(p - m) / m for p, m in zip(predicted, measured)]
     # The same few subnets measured again: how far this machine disagrees with itself.
     again = [
@@ -108,6 +119,7 @@ def validate_latency_table(
         predicted_ms=predicted,
         archs=[a.to_dict() for a in archs],
         spread=100 * statistics.median(spreads) if spreads else float("nan"),
+        drift=100 * (statistics.median(ratios) - 1) if ratios else float("nan"),
     )
     if plot is not None:
         report.plot = str(plot_validation(report, plot, title=_title(table)))

@@ -23,7 +23,7 @@ from onceforall.cost import LayerTable, count_macs, count_params
 from onceforall.export import export_subnet
 from onceforall.io import write_json_atomic, write_text_atomic
 from onceforall.progress import progress_bar
-from onceforall.specialize.latency_build import table_measurer
+from onceforall.specialize.latency_build import subnet_timing, table_measurer
 from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.plots import plot_pareto
 from onceforall.specialize.predictor import AccuracyPredictor
@@ -65,7 +65,6 @@ def specialize(
     budgets_ms: Sequence[float],
     out: str | Path,
     seed: int = 0,
-    rounds: int = 5,
     finetune: Callable[[nn.Module, Arch], object] | None = None,
     formats: tuple[str, ...] = ("onnx", "pt2"),
     progress: bool = True,
@@ -75,15 +74,16 @@ def specialize(
     """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
 
     `finetune(subnet, arch)`, if given, trains each extracted subnet in place before it is scored
-    again and exported. The subnets are timed together at the end, in `rounds` rounds interleaved
-    over all of them (timed back to back right after its scoring, a burst of load could hit every
-    round of one subnet), with the table's statistic.
+    again and exported. The subnets are timed together at the end, with the table's whole-subnet
+    rounds and repeats, interleaved over all of them (timed back to back right after its scoring, a
+    burst of load could hit every round of one subnet), with the table's statistic.
     """
     out = Path(out)
     net = evaluator.net
     space = net.search_space()
     latency, predict = table.model(space), predictor.bind(space)
     measure = table_measurer(table)
+    rounds = subnet_timing(table)[0]
     check_budgets(space, latency, budgets_ms)  # fail before any work, not at the first infeasible budget
     floor = float(smallest(space, latency)[0].min())  # the fastest subnet the table knows
 
