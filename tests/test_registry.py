@@ -227,7 +227,6 @@ def test_every_stage_runs_for_every_family(family: str, tmp_path: Path):
         table,
         [budget],
         tmp_path / "spec",
-        rounds=1,
         formats=("onnx",),
         generations=20,
     )
