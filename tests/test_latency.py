@@ -19,6 +19,7 @@ from onceforall.specialize.latency_build import (
     build_latency_table,
     calibrate_latency_table,
     merge_latency_tables,
+    table_measurer,
 )
 from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
 from onceforall.specialize.latency_validate import validate_latency_table
@@ -280,6 +281,24 @@ def test_validation_reports_the_machines_own_spread(space, tmp_path):
     )
     assert report.spread == pytest.approx(100 * 0.2 / 1.1)  # (1.2 - 1.0) / median 1.1
     assert report.to_dict()["spread"] == report.spread
+
+
+def test_whole_subnets_are_timed_with_the_tables_subnet_rounds_and_repeats(space, tmp_path):
+    fake = FakeBackend()
+    table = build_latency_table(
+        space,
+        tmp_path / "t.jsonl",
+        rounds=2,
+        subnet_rounds=3,
+        subnet_repeats=7,
+        calibration_subnets=4,
+        measure=fake,
+    )
+    assert fake.calls[None] == (4 + 2) * 3  # 4 random subnets + the smallest and the largest, 3 rounds each
+    loaded = LatencyTable.load(table.path)
+    assert (loaded.meta["subnet_rounds"], loaded.meta["subnet_repeats"]) == (3, 7)
+    measurer = table_measurer(loaded)
+    assert (measurer.repeats, measurer.warmup) == (7, loaded.meta["warmup"])
 
 
 def test_validation_reports_how_far_the_machine_drifted_since_calibration(space, tmp_path):
