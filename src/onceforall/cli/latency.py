@@ -29,9 +29,14 @@ from onceforall.specialize.latency_build import (
     calibrate_latency_table,
     merge_latency_tables,
 )
-from onceforall.specialize.latency_table import LatencyTable
+from onceforall.specialize.latency_table import Calibration, LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import current_settings
+
+
+def _fitted(c: Calibration) -> dict[str, float]:
+    """A calibration's fitted numbers (without the subnets it was fitted on), for --json."""
+    return {"call_overhead_ms": c.call_overhead_ms, "scale": c.scale, "overhead_ms": c.overhead_ms}
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -90,12 +95,7 @@ def latency_build(
         )
     summary = {"path": str(path), "layers": len(table.layers), "meta": table.meta}
     if table.calibration is not None:
-        c = table.calibration
-        summary["calibration"] = {
-            "call_overhead_ms": c.call_overhead_ms,
-            "scale": c.scale,
-            "overhead_ms": c.overhead_ms,
-        }
+        summary["calibration"] = _fitted(table.calibration)
     say(f"latency table {path}: {len(table.layers)} layers measured", as_json)
     if as_json:
         emit(summary)
@@ -141,14 +141,7 @@ def latency_calibrate(
         c = calibrate_latency_table(loaded, space, calibration_subnets, seed, progress=True)
     say(f"recalibrated {table}: scale {c.scale:.3f}, overhead {c.overhead_ms:.3f} ms", as_json)
     if as_json:
-        emit(
-            {
-                "path": str(table),
-                "call_overhead_ms": c.call_overhead_ms,
-                "scale": c.scale,
-                "overhead_ms": c.overhead_ms,
-            }
-        )
+        emit({"path": str(table), **_fitted(c)})
 
 
 @latency_app.command("validate")
