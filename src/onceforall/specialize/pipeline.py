@@ -1,16 +1,18 @@
 """`ofa specialize`: from a trained supernet to exported subnets for latency budgets, with a report.
 
 For each budget: constrained evolution on the predictor and the latency table, extraction, BN
-recalibration, test accuracy, an optional fine-tune and export (checked against PyTorch); then the
-chosen subnets' end-to-end latency, measured on the backend in rounds interleaved over all of them
-(as the table's calibration and validation do). A subnet that measures over its budget is searched
-again under a constraint tightened by what the measurement taught (a few rounds at most), so every
-reported subnet measures within its budget, or the report says by how much the best one misses.
-One report.md with a table and a Pareto plot.
+recalibration, test accuracy and an optional fine-tune; then the candidates' end-to-end latency,
+measured on the backend in rounds interleaved over all of them (as the table's calibration and
+validation do). A budget whose candidates all measure over it is searched again under a constraint
+tightened by what the measurement taught (a few rounds at most), so every reported subnet measures
+within its budget, or the report says by how much the best one misses. Each budget's choice is then
+exported (checked against PyTorch); one report.md with a table and a Pareto plot.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.plots import plot_pareto
 from onceforall.specialize.predictor import AccuracyPredictor
 from onceforall.specialize.search import check_budget, evolution_search, smallest
-from onceforall.specialize.timing import measure_rounds, summarize
+from onceforall.specialize.timing import MeasureFn, measure_rounds, summarize
 from onceforall.train.evaluate import SubnetEvaluator, accuracy
 
 
@@ -58,6 +60,20 @@ def check_budgets(space: SearchSpace, latency: LayerTable, budgets_ms: Sequence[
         check_budget(space, latency, torch.tensor([budget], dtype=torch.float64), "ms")
 
 
+@dataclass
+class _Candidate:
+    """A searched, extracted and scored subnet for one budget, before it is chosen and exported."""
+
+    result: Specialized
+    module: nn.Module
+    shape: tuple[int, ...]
+
+
+# Aim a re-search this far under the budget: the table's error for the kind of subnet is corrected by
+# the measurement, but the next subnet is another kind, and the machine's noise does not go away.
+MARGIN = 0.03
+
+
 def specialize(
     evaluator: SubnetEvaluator,
     predictor: AccuracyPredictor,
@@ -71,12 +87,16 @@ def specialize(
     max_rounds: int = 3,
     generations: int = 500,
 ) -> list[Specialized]:
-    """Search, extract, recalibrate, score and export one subnet per budget into `out`, then time them.
+    """Search, extract, recalibrate and score one subnet per budget, time them, re-search the ones over
+    budget, then export each budget's choice into `out` with results.json, report.md and pareto.png.
 
     `finetune(subnet, arch)`, if given, trains each extracted subnet in place before it is scored
-    again and exported. The subnets are timed together at the end, with the table's whole-subnet
-    rounds and repeats, interleaved over all of them (timed back to back right after its scoring, a
-    burst of load could hit every round of one subnet), with the table's statistic.
+    again. All candidates are timed together, with the table's whole-subnet rounds and repeats,
+    interleaved over all of them (timed back to back, a burst of load could hit every round of one
+    subnet), with the table's statistic; every timing round re-times every candidate, which keeps
+    its fastest measurement (noise only ever adds time). A budget's choice is its candidate with
+    the best predicted accuracy among those measured within it, else the fastest one. Nothing is
+    exported before the choice, so a budget's folder always holds the subnet its report row names.
     """
     out = Path(out)
     net = evaluator.net
@@ -87,7 +107,7 @@ def specialize(
     check_budgets(space, latency, budgets_ms)  # fail before any work, not at the first infeasible budget
     floor = float(smallest(space, latency)[0].min())  # the fastest subnet the table knows
 
-    def choose(budget: float, constraint: float) -> tuple[Specialized, nn.Module, tuple[int, ...]]:
+    def candidate(budget: float, constraint: float) -> _Candidate:
         found = evolution_search(
             space, predict, latency, constraint, generations=generations, seed=seed, unit="ms"
         )
@@ -98,72 +118,90 @@ def specialize(
         if finetune is not None:
             finetune(subnet, arch)
             finetuned_top1, _ = accuracy(subnet, evaluator.eval_loader(arch.image_size))
-        shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
-        subnet = subnet.cpu().to(memory_format=torch.contiguous_format)
-        folder = out / f"budget_{budget:g}ms"
-        reports = export_subnet(subnet, shape, folder, formats)
-        arch.to_json(folder / "arch.json")
-        chosen = Specialized(
+        result = Specialized(
             budget_ms=budget,
             arch=arch.to_dict(),
             predicted_ms=float(latency(space.encode(arch))[0]),
-            measured_ms=float("nan"),  # measured below, with the others
+            measured_ms=float("nan"),  # measured with the others
             predicted_top1=100 * float(predict(space.encode(arch))[0]),
             top1=top1,
             macs=int(count_macs(space, arch)[0]),
             params=int(count_params(space, arch)[0]),
-            files=[str(r.path) for r in reports],
+            files=[],
             finetuned_top1=finetuned_top1,
             search_budget_ms=constraint,
         )
-        return chosen, subnet, shape
+        shape = (table.meta["batch_size"], net.in_channels, arch.image_size, arch.image_size)
+        return _Candidate(result, subnet.cpu(), shape)
 
-    results: list[Specialized] = []
-    subnets: list[tuple[nn.Module, tuple[int, ...]]] = []
+    tried: list[list[_Candidate]] = []  # per budget, in search order
     with progress_bar(progress) as bar:
-        task = bar.add_task("specializing", total=len(budgets_ms) + 1)
+        task = bar.add_task("specializing", total=len(budgets_ms) + 2)
         for budget in budgets_ms:
-            bar.update(task, description=f"budget {budget:g} ms: search, extract, score, export")
-            chosen, subnet, shape = choose(budget, budget)
-            results.append(chosen)
-            subnets.append((subnet, shape))
+            bar.update(task, description=f"budget {budget:g} ms: search, extract, score")
+            tried.append([candidate(budget, budget)])
             bar.advance(task)
-        fresh = set(range(len(results)))  # subnets not measured yet (first choices, re-searched ones)
         for attempt in range(1, max_rounds + 1):
-            # Every chosen subnet is timed again each round, interleaved with the others: a burst of load
-            # then hits all of them, and a subnet measured before keeps its fastest measurement (noise
-            # only ever adds time).
-            bar.update(task, description=f"timing the chosen subnets, round {attempt}")
-            timed = [((lambda m=module: m), shape) for module, shape in subnets]
-            for i, timings in enumerate(measure_rounds(timed, measure, rounds)):
-                r, value = results[i], summarize(timings, table.statistic)
-                per_round = [summarize([t], table.statistic) for t in timings]
-                r.noise_ms = max(per_round) - min(per_round)
-                r.measured_ms = value if i in fresh else min(r.measured_ms, value)
-                r.within_budget = r.measured_ms <= r.budget_ms
-            fresh = set()
-            over = [i for i, r in enumerate(results) if not r.within_budget]
+            bar.update(task, description=f"timing the candidates, round {attempt}")
+            _time(list(itertools.chain(*tried)), measure, rounds, table.statistic)
+            over = [i for i, cands in enumerate(tried) if not any(c.result.within_budget for c in cands)]
             if not over or attempt == max_rounds:
                 break
             for i in over:
-                r = results[i]
+                last = tried[i][-1].result
                 # The table is off by measured/predicted for this kind of subnet: ask for that much less.
-                tighter = min(r.search_budget_ms * r.budget_ms / r.measured_ms, 0.98 * r.search_budget_ms)
-                if tighter < floor:
+                target = last.predicted_ms * last.budget_ms / last.measured_ms * (1 - MARGIN)
+                target = min(target, 0.98 * last.search_budget_ms)
+                if target < floor:
                     continue  # nothing faster to find: measured again next round, in case it was noise
                 bar.update(
-                    task, description=f"budget {r.budget_ms:g} ms: measured {r.measured_ms:.2f}, re-search"
+                    task,
+                    description=f"budget {last.budget_ms:g} ms: measured {last.measured_ms:.2f}, re-search",
                 )
-                searches = r.rounds
-                results[i], subnet, shape = choose(r.budget_ms, tighter)
-                results[i].rounds = searches + 1
-                subnets[i] = (subnet, shape)
-                fresh.add(i)
+                tried[i].append(candidate(last.budget_ms, target))
+        bar.advance(task)
+        bar.update(task, description="exporting the chosen subnets")
+        results = [_export(_choose(cands), out, formats) for cands in tried]
         bar.advance(task)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
     pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=space.name)
     write_text_atomic(report(results, table, space.name, clamped=pareto.clamped), out / "report.md")
     return results
+
+
+def _time(cands: list[_Candidate], measure: MeasureFn, rounds: int, statistic: str) -> None:
+    """One timing round over all candidates; each keeps its fastest measurement so far."""
+    timed = [((lambda m=c.module: m), c.shape) for c in cands]
+    for c, timings in zip(cands, measure_rounds(timed, measure, rounds)):
+        r, value = c.result, summarize(timings, statistic)
+        per_round = [summarize([t], statistic) for t in timings]
+        r.noise_ms = max(per_round) - min(per_round)
+        r.measured_ms = value if math.isnan(r.measured_ms) else min(r.measured_ms, value)
+        r.within_budget = r.measured_ms <= r.budget_ms
+
+
+def _choose(cands: list[_Candidate]) -> _Candidate:
+    """The most accurate (predicted) candidate measured within budget, else the fastest measured;
+    reports how many searches the budget took."""
+    within = [c for c in cands if c.result.within_budget]
+    chosen = (
+        max(within, key=lambda c: c.result.predicted_top1)
+        if within
+        else min(cands, key=lambda c: c.result.measured_ms)
+    )
+    chosen.result.rounds = len(cands)
+    return chosen
+
+
+def _export(chosen: _Candidate, out: Path, formats: tuple[str, ...]) -> Specialized:
+    """Write the chosen subnet's model files and arch.json into its budget's folder."""
+    r = chosen.result
+    folder = out / f"budget_{r.budget_ms:g}ms"
+    subnet = chosen.module.cpu().to(memory_format=torch.contiguous_format)
+    reports = export_subnet(subnet, chosen.shape, folder, formats)
+    Arch.from_dict(r.arch).to_json(folder / "arch.json")
+    r.files = [str(rep.path) for rep in reports]
+    return r
 
 
 EXTRAPOLATED = "†"  # marks a predicted top-1 above 100 % (or below 0 %) in report.md
