@@ -264,7 +264,7 @@ def validation_figure(report: ValidationReport, title: str = "") -> Figure:
     # below the axes: badly predicted subnets land in the corners, where a legend inside would sit
     fig.legend(loc="outside lower center", fontsize=8, frameon=False)
     summary = (
-        f"{report.n} subnets: {100 * report.within_10:.0f} % within ±10 %, MAPE {report.mape:.1f} %, "
+        f"{report.n} subnets: {100 * report.within_10:.0f} % within ±10 %, MAPE {report.mape:.1f} %\n"
         f"Spearman {report.spearman:.3f}, largest error {report.max_error:.1f} %"
     )
     set_title(fig, f"{title}\n{summary}" if title else summary)
