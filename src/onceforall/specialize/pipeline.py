@@ -49,7 +49,7 @@ class Specialized:
     files: list[str]
     finetuned_top1: float | None = None
     within_budget: bool = False
-    rounds: int = 1  # searches run for this budget (1: the first choice measured within it)
+    rounds: int = 1  # searches run for this budget (the choice may be an earlier search's)
     search_budget_ms: float = 0.0  # the table constraint of the last search
     noise_ms: float = 0.0  # spread of the measurement rounds (max - min of the per-round values)
 
