@@ -252,3 +252,60 @@ def test_a_burst_of_load_does_not_cost_the_first_choice(tmp_path: Path, monkeypa
     exported = json.loads((tmp_path / "out" / f"budget_{budget:g}ms" / "arch.json").read_text())
     assert exported == result.arch
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["rounds"] == 2
+
+
+@needs_data
+def test_a_budget_no_candidate_meets_reports_its_fastest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    save_tiny_supernet(tmp_path / "supernet.pt")
+    loaded = load_supernet(tmp_path / "supernet.pt")
+    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
+    space = loaded.net.search_space()
+
+    def by_params(module, shape):  # the table: 1 ms per 100k parameters
+        ms = sum(p.numel() for p in module.parameters()) / 1e5
+        return lambda: Timing(ms, ms, ms, 1)
+
+    table = build_latency_table(
+        space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=1, statistic="median", measure=by_params
+    )
+    model = table.model(space)
+    budget = 0.8 * float(model(space.encode(space.max_arch()))[0])
+    timed: list[float] = []
+
+    def over(module, shape):  # the device: 10 % over any budget, and slower the more parameters
+        ms = 1.1 * budget + sum(p.numel() for p in module.parameters()) / 1e6
+        timed.append(ms)
+        return lambda: Timing(ms, ms, ms, 1)
+
+    searched: list[tuple[float, float]] = []  # (constraint, predicted ms of the subnet found)
+    real_search = pipeline.evolution_search
+
+    def recording(space, predict, latency, constraint, **kwargs):
+        found = real_search(space, predict, latency, constraint, **kwargs)
+        searched.append((constraint, float(latency(space.encode(found.best_arch))[0])))
+        return found
+
+    monkeypatch.setattr(pipeline, "table_measurer", lambda table: over)
+    monkeypatch.setattr(pipeline, "evolution_search", recording)
+
+    class BiggerIsBetter:
+        def bind(self, space):
+            return lambda population: count_params(space, population).double() / 1e8
+
+    (result,) = specialize(
+        evaluator, BiggerIsBetter(), table, [budget], tmp_path / "out", formats=("onnx",), generations=50
+    )
+
+    # timed in order: round 1 the first candidate, round 2 both, round 3 all three
+    assert len(searched) == 3 and len(timed) == 6 and result.rounds == 3 and not result.within_budget
+    first, second = timed[0], timed[2]
+    assert searched[0][0] == budget
+    assert searched[1][0] == pytest.approx(min(searched[0][1] * budget / first * 0.97, 0.98 * budget))
+    assert searched[2][0] == pytest.approx(
+        min(searched[1][1] * budget / second * 0.97, 0.98 * searched[1][0])
+    )
+    assert result.measured_ms == min(timed)  # the fastest candidate is the one reported and exported
+    exported = json.loads((tmp_path / "out" / f"budget_{budget:g}ms" / "arch.json").read_text())
+    assert exported == result.arch
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"No subnet found for {budget:g} ms after 3 search(es)" in report

@@ -134,7 +134,8 @@ def specialize(
     seed: Annotated[int, typer.Option(help="search seed")] = 0,
     formats: FormatsOpt = "onnx,pt2",
     max_searches: Annotated[
-        int, typer.Option(min=1, max=10, help="searches per budget while the chosen subnet measures over it")
+        int,
+        typer.Option(min=1, max=10, help="searches per budget while all its subnets so far measure over it"),
     ] = 3,
     generations: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="evolution generations per search")

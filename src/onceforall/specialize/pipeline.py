@@ -11,10 +11,9 @@ exported (checked against PyTorch); one report.md with a table and a Pareto plot
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -50,8 +49,8 @@ class Specialized:
     finetuned_top1: float | None = None
     within_budget: bool = False
     rounds: int = 1  # searches run for this budget (the choice may be an earlier search's)
-    search_budget_ms: float = 0.0  # the table constraint of the last search
-    noise_ms: float = 0.0  # spread of the measurement rounds (max - min of the per-round values)
+    search_budget_ms: float = 0.0  # the table constraint of the search that found this subnet
+    noise_ms: float = 0.0  # spread of its measurement rounds (max - min of the per-round values, all rounds)
 
 
 def check_budgets(space: SearchSpace, latency: LayerTable, budgets_ms: Sequence[float]) -> None:
@@ -67,6 +66,17 @@ class _Candidate:
     result: Specialized
     module: nn.Module
     shape: tuple[int, ...]
+    per_round_ms: list[float] = field(default_factory=list)  # every measurement round's value
+
+    def undecided(self, others: list[_Candidate]) -> bool:
+        """Whether timing it again could change its budget's choice: not yet within budget, and no
+        more accurate candidate of the same budget is."""
+        better = [
+            c
+            for c in others
+            if c.result.within_budget and c.result.predicted_top1 >= self.result.predicted_top1
+        ]
+        return not self.result.within_budget and not better
 
 
 # Aim a re-search this far under the budget: the table's error for the kind of subnet is corrected by
@@ -93,8 +103,9 @@ def specialize(
     `finetune(subnet, arch)`, if given, trains each extracted subnet in place before it is scored
     again. All candidates are timed together, with the table's whole-subnet rounds and repeats,
     interleaved over all of them (timed back to back, a burst of load could hit every round of one
-    subnet), with the table's statistic; every timing round re-times every candidate, which keeps
-    its fastest measurement (noise only ever adds time). A budget's choice is its candidate with
+    subnet), with the table's statistic; every timing round re-times every candidate that could
+    still change its budget's choice (`_Candidate.undecided`), which keeps its fastest measurement
+    (noise only ever adds time). A budget's choice is its candidate with
     the best predicted accuracy among those measured within it, else the fastest one. Nothing is
     exported before the choice, so a budget's folder always holds the subnet its report row names.
     """
@@ -143,7 +154,9 @@ def specialize(
             bar.advance(task)
         for attempt in range(1, max_rounds + 1):
             bar.update(task, description=f"timing the candidates, round {attempt}")
-            _time(list(itertools.chain(*tried)), measure, rounds, table.statistic)
+            _time(
+                [c for cands in tried for c in cands if c.undecided(cands)], measure, rounds, table.statistic
+            )
             over = [i for i, cands in enumerate(tried) if not any(c.result.within_budget for c in cands)]
             if not over or attempt == max_rounds:
                 break
@@ -170,12 +183,12 @@ def specialize(
 
 
 def _time(cands: list[_Candidate], measure: MeasureFn, rounds: int, statistic: str) -> None:
-    """One timing round over all candidates; each keeps its fastest measurement so far."""
+    """One timing round over `cands`; each keeps its fastest measurement so far."""
     timed = [((lambda m=c.module: m), c.shape) for c in cands]
     for c, timings in zip(cands, measure_rounds(timed, measure, rounds)):
         r, value = c.result, summarize(timings, statistic)
-        per_round = [summarize([t], statistic) for t in timings]
-        r.noise_ms = max(per_round) - min(per_round)
+        c.per_round_ms += [summarize([t], statistic) for t in timings]
+        r.noise_ms = max(c.per_round_ms) - min(c.per_round_ms)
         r.measured_ms = value if math.isnan(r.measured_ms) else min(r.measured_ms, value)
         r.within_budget = r.measured_ms <= r.budget_ms
 
