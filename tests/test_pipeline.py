@@ -21,6 +21,18 @@ from onceforall.specialize.timing import Timing
 from onceforall.workflow.data import dataset_evaluator, supernet_data, training_loader
 
 
+def by_params(
+    module, shape
+):  # an additive fake latency (the tables of these tests): 1 ms per 100k parameters
+    ms = sum(p.numel() for p in module.parameters()) / 1e5
+    return lambda: Timing(ms, ms, ms, 1)
+
+
+class BiggerIsBetter:  # a predictor that always wants the largest subnet the budget allows
+    def bind(self, space):
+        return lambda population: count_params(space, population).double() / 1e8
+
+
 @needs_data
 def test_specialize_one_budget_end_to_end(tmp_path: Path):
     save_tiny_supernet(tmp_path / "supernet.pt")
@@ -72,10 +84,6 @@ def test_subnets_are_timed_in_interleaved_rounds_with_the_tables_statistic(
     net = loaded.net
     evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=500)
     space = net.search_space()
-
-    def by_params(module, shape):  # an additive fake latency: 1 ms per 100k parameters
-        ms = sum(p.numel() for p in module.parameters()) / 1e5
-        return lambda: Timing(ms, ms, ms, 1)
 
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=3, statistic="median", measure=by_params
@@ -165,10 +173,6 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
     evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
     space = loaded.net.search_space()
 
-    def by_params(module, shape):  # the table: 1 ms per 100k parameters
-        ms = sum(p.numel() for p in module.parameters()) / 1e5
-        return lambda: Timing(ms, ms, ms, 1)
-
     def slower(module, shape):  # the device: 30 % slower than the table says
         ms = 1.3 * sum(p.numel() for p in module.parameters()) / 1e5
         return lambda: Timing(ms, ms, ms, 1)
@@ -181,10 +185,6 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
     fastest = float(model(space.encode(space.min_arch(min(space.resolutions))))[0])
     monkeypatch.setattr(pipeline, "table_measurer", lambda table: slower)
     roomy, tight = 0.8 * largest, 1.1 * fastest
-
-    class BiggerIsBetter:  # a predictor that always wants the largest subnet the budget allows
-        def bind(self, space):
-            return lambda population: count_params(space, population).double() / 1e8
 
     results = specialize(
         evaluator,
@@ -215,10 +215,6 @@ def test_a_burst_of_load_does_not_cost_the_first_choice(tmp_path: Path, monkeypa
     evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
     space = loaded.net.search_space()
 
-    def by_params(module, shape):  # the table: 1 ms per 100k parameters
-        ms = sum(p.numel() for p in module.parameters()) / 1e5
-        return lambda: Timing(ms, ms, ms, 1)
-
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=2, statistic="median", measure=by_params
     )
@@ -235,10 +231,6 @@ def test_a_burst_of_load_does_not_cost_the_first_choice(tmp_path: Path, monkeypa
         return timer
 
     monkeypatch.setattr(pipeline, "table_measurer", lambda table: burst)
-
-    class BiggerIsBetter:
-        def bind(self, space):
-            return lambda population: count_params(space, population).double() / 1e8
 
     budget = 0.8 * largest
     (result,) = specialize(
@@ -260,10 +252,6 @@ def test_a_budget_no_candidate_meets_reports_its_fastest(tmp_path: Path, monkeyp
     loaded = load_supernet(tmp_path / "supernet.pt")
     evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
     space = loaded.net.search_space()
-
-    def by_params(module, shape):  # the table: 1 ms per 100k parameters
-        ms = sum(p.numel() for p in module.parameters()) / 1e5
-        return lambda: Timing(ms, ms, ms, 1)
 
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=1, statistic="median", measure=by_params
@@ -287,10 +275,6 @@ def test_a_budget_no_candidate_meets_reports_its_fastest(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(pipeline, "table_measurer", lambda table: over)
     monkeypatch.setattr(pipeline, "evolution_search", recording)
-
-    class BiggerIsBetter:
-        def bind(self, space):
-            return lambda population: count_params(space, population).double() / 1e8
 
     (result,) = specialize(
         evaluator, BiggerIsBetter(), table, [budget], tmp_path / "out", formats=("onnx",), generations=50
