@@ -21,9 +21,7 @@ from onceforall.specialize.timing import Timing
 from onceforall.workflow.data import dataset_evaluator, supernet_data, training_loader
 
 
-def by_params(
-    module, shape
-):  # an additive fake latency (the tables of these tests): 1 ms per 100k parameters
+def by_params(module, shape):  # an additive fake latency: 1 ms per 100k parameters
     ms = sum(p.numel() for p in module.parameters()) / 1e5
     return lambda: Timing(ms, ms, ms, 1)
 
@@ -31,6 +29,14 @@ def by_params(
 class BiggerIsBetter:  # a predictor that always wants the largest subnet the budget allows
     def bind(self, space):
         return lambda population: count_params(space, population).double() / 1e8
+
+
+def tiny_evaluator(tmp_path: Path) -> tuple:
+    """The tiny supernet's evaluator (200 test images) and its search space."""
+    save_tiny_supernet(tmp_path / "supernet.pt")
+    loaded = load_supernet(tmp_path / "supernet.pt")
+    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
+    return evaluator, loaded.net.search_space()
 
 
 @needs_data
@@ -168,10 +174,7 @@ def test_finetuned_subnets_are_scored_again_and_exported(tmp_path: Path):
 def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    save_tiny_supernet(tmp_path / "supernet.pt")
-    loaded = load_supernet(tmp_path / "supernet.pt")
-    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
-    space = loaded.net.search_space()
+    evaluator, space = tiny_evaluator(tmp_path)
 
     def slower(module, shape):  # the device: 30 % slower than the table says
         ms = 1.3 * sum(p.numel() for p in module.parameters()) / 1e5
@@ -210,10 +213,7 @@ def test_a_subnet_over_its_budget_is_searched_again_until_it_measures_within(
 
 @needs_data
 def test_a_burst_of_load_does_not_cost_the_first_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    save_tiny_supernet(tmp_path / "supernet.pt")
-    loaded = load_supernet(tmp_path / "supernet.pt")
-    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
-    space = loaded.net.search_space()
+    evaluator, space = tiny_evaluator(tmp_path)
 
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=2, statistic="median", measure=by_params
@@ -248,10 +248,7 @@ def test_a_burst_of_load_does_not_cost_the_first_choice(tmp_path: Path, monkeypa
 
 @needs_data
 def test_a_budget_no_candidate_meets_reports_its_fastest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    save_tiny_supernet(tmp_path / "supernet.pt")
-    loaded = load_supernet(tmp_path / "supernet.pt")
-    evaluator, _ = dataset_evaluator(loaded, supernet_data(loaded), "test", "cpu", limit=200)
-    space = loaded.net.search_space()
+    evaluator, space = tiny_evaluator(tmp_path)
 
     table = build_latency_table(
         space, tmp_path / "lat.jsonl", rounds=1, subnet_rounds=1, statistic="median", measure=by_params
