@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -23,7 +24,7 @@ from onceforall.specialize.latency_build import (
 )
 from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
 from onceforall.specialize.latency_validate import validate_latency_table
-from onceforall.specialize.timing import Measurer, Timing, current_settings, torch_threads
+from onceforall.specialize.timing import Measurer, Timing, current_settings, measure_rounds, torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -154,23 +155,83 @@ def test_build_measures_every_spec_rounds_times_and_calibrates(space, tmp_path):
 def test_killed_build_resumes_without_remeasuring(space, tmp_path):
     path = tmp_path / "t.jsonl"
     n_specs = len(distinct_specs(space))
-    first = FakeBackend(crash_after=n_specs + 7)  # dies inside the second round
+    first = FakeBackend(crash_after=n_specs + 7)  # dies in the middle of the build
     with pytest.raises(KeyboardInterrupt):
-        build_latency_table(space, path, rounds=2, measure=first)
+        build_latency_table(space, path, rounds=2, subnet_rounds=4, calibration_subnets=3, measure=first)
+    assert 0 < first.calls[None] < 4 * 5  # some of the calibration subnets' rounds were measured
     with open(path, "a") as handle:  # and was killed in the middle of writing a line
         handle.write('{"type": "layer", "key": "conv|in_si')
     second = FakeBackend()
-    table = build_latency_table(space, path, rounds=2, measure=second)
-    layer_calls = {k: n for k, n in second.calls.items() if k is not None}
-    assert sum(layer_calls.values()) == 2 * n_specs - (n_specs + 7)
-    for key, n in layer_calls.items():  # nothing measured twice over both runs
-        assert first.calls[key] + n == 2
-    assert set(table.layers) == {spec_key(s) for s in distinct_specs(space)}
+    table = build_latency_table(space, path, rounds=2, subnet_rounds=4, calibration_subnets=3, measure=second)
+    keys = {spec_key(s) for s in distinct_specs(space)}
+    assert sum(second.calls[k] for k in keys) < 2 * len(keys)  # resumed, not started again
+    for key in keys:  # nothing measured twice over both runs
+        assert first.calls[key] + second.calls[key] == 2
+    assert first.calls[None] + second.calls[None] == 4 * (3 + 2)
+    assert set(table.layers) == keys
+    assert table.calibration.scale == pytest.approx(1.0, abs=1e-9)
     assert LatencyTable.load(path).layers == table.layers  # the cut line is gone, the file is clean
     # a finished table is not measured again
     third = FakeBackend()
-    build_latency_table(space, path, rounds=2, measure=third)
+    build_latency_table(space, path, rounds=2, subnet_rounds=4, calibration_subnets=3, measure=third)
     assert sum(third.calls.values()) == 0
+    # resuming with another calibration set is refused: its rounds would mix two sets of subnets
+    with pytest.raises(LatencyTableError, match="calibration_subnets: table 3, expected 5"):
+        build_latency_table(space, path, rounds=2, subnet_rounds=4, calibration_subnets=5, measure=third)
+
+
+def test_rounds_go_over_all_items_and_items_are_prepared_per_chunk():
+    prepared, timed = Counter(), []
+
+    def measure(module, shape):
+        prepared[shape] += 1
+        return lambda: timed.append(shape) or Timing(1.0, 1.0, 1.0, 1)
+
+    items = [(torch.nn.Identity, (k,)) for k in range(5)]
+    out = measure_rounds(items, measure, rounds=3)
+    assert timed == [(k,) for _ in range(3) for k in range(5)]  # round by round over all items
+    assert prepared == {(k,): 1 for k in range(5)} and [len(t) for t in out] == [3] * 5
+    prepared.clear(), timed.clear()
+    breaks = []
+    measure_rounds(
+        items,
+        measure,
+        rounds=2,
+        chunk=2,
+        skip=lambda i, r: (i, r) == (4, 0),
+        breaks=[lambda k=k: breaks.append((k, len(timed))) for k in range(3)],
+    )
+    assert prepared == {(0,): 2, (1,): 2, (2,): 2, (3,): 2, (4,): 1}  # chunks of 2, again each round
+    assert breaks == [(0, 3), (1, 6), (2, 9)]  # 9 timings to do, a break after every third
+    breaks.clear()
+    measure_rounds(items, measure, 1, skip=lambda i, r: True, breaks=[lambda: breaks.append("ran")] * 2)
+    assert breaks == ["ran", "ran"]  # nothing left to time: the breaks still run
+
+
+def test_calibration_subnets_are_timed_across_the_whole_build(space, tmp_path):
+    order = []
+
+    class Recording(FakeBackend):
+        def __call__(self, module, shape):
+            timer = super().__call__(module, shape)
+            kind = "subnet" if isinstance(module, SpecChain) else "layer"
+
+            def recorded() -> Timing:
+                order.append(kind)
+                return timer()
+
+            return recorded
+
+    build_latency_table(
+        space, tmp_path / "t.jsonl", rounds=2, subnet_rounds=3, calibration_subnets=4, measure=Recording()
+    )
+    runs = [(kind, len(list(group))) for kind, group in itertools.groupby(order)]
+    n_specs = len(distinct_specs(space))
+    # layers, one round of the 6 subnets, layers, a round, layers, a round: three equal parts
+    assert [kind for kind, _ in runs] == ["layer", "subnet"] * 3
+    assert [n for kind, n in runs if kind == "subnet"] == [6, 6, 6]
+    layer_runs = [n for kind, n in runs if kind == "layer"]
+    assert sum(layer_runs) == 2 * n_specs and max(layer_runs) - min(layer_runs) <= 2
 
 
 def test_shards_measure_disjoint_parts_and_merge(space, tmp_path):

@@ -63,11 +63,12 @@ def build_latency_table(
 ) -> LatencyTable:
     """Measure every distinct layer of `space` (this shard's share), appending each round to `path`.
 
-    Each layer is timed `rounds` times (`warmup` untimed and `repeats` timed runs each), interleaved
-    with the other layers of its chunk. A file left by a killed build is resumed: rounds already in
+    Each layer is timed `rounds` times (`warmup` untimed and `repeats` timed runs each), round by
+    round over all the layers (`measure_rounds`). A file left by a killed build is resumed: rounds already in
     it are not measured again. With `shard=(rank, world)` only the specs with index % world == rank
-    are measured; combine the shard files with `merge_latency_tables`. An unsharded build ends by
-    calibrating on whole subnets. Whole subnets (calibration here; `validate_latency_table` and the
+    are measured; combine the shard files with `merge_latency_tables`. An unsharded build also
+    calibrates: `calibration_subnets` random subnets (from `seed`), the smallest and the largest,
+    each timed once after each of `subnet_rounds` equal parts of the layers. Whole subnets (calibration here; `validate_latency_table` and the
     budget check of `specialize` later) are timed `subnet_rounds` x `subnet_repeats` times, more than a
     layer: on a shared VM one subnet's time varies by 5-10 % between runs of 5 x 20, which is the
     whole tolerance of a budget, while a layer's noise averages out over the twenty-odd layers summed.
@@ -91,6 +92,8 @@ def build_latency_table(
         "statistic": statistic,
         "subnet_rounds": subnet_rounds,
         "subnet_repeats": subnet_repeats,
+        "calibration_subnets": calibration_subnets,
+        "calibration_seed": seed,
         "space": space.name,
         "resolutions": list(space.resolutions),
         "shard": [rank, world],
@@ -100,10 +103,21 @@ def build_latency_table(
     table = _open_table(path, meta)
     specs = [s for i, s in enumerate(distinct_specs(space)) if i % world == rank]
     keys = [spec_key(s) for s in specs]
+    calibrating = world == 1 and table.calibration is None
+    population = calibration_population(space, calibration_subnets, seed)
+    chains = subnet_specs(space, population) if calibrating else []
+    # The calibration subnets are timed at `subnet_rounds` even intervals of the layers' schedule, so
+    # layers and subnets sample the machine over the same span: a calibration timed in one short
+    # window took that window's speed, and a slow spell there biased every prediction by 6-14 %.
     measure = measure or Measurer(backend, device, threads, batch_size, warmup, repeats)
     todo = sum(rounds - len(table.rounds.get(k, {})) for k in keys)
+    subnet_todo = sum(
+        r not in table.subnet_rounds.get(i, {}) for i in range(len(chains)) for r in range(subnet_rounds)
+    )
+    timers: list[Callable[[], Timing]] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"measuring {len(specs)} layers ({backend}, {device})", total=todo)
+        subnet_task = bar.add_task("calibrating on whole subnets", total=subnet_todo, visible=calibrating)
 
         def done(i: int, r: int, timing: Timing) -> None:
             record = {"type": "layer", "key": keys[i], "round": r, "spec": asdict(specs[i]), **asdict(timing)}
@@ -112,13 +126,48 @@ def build_latency_table(
             table.specs[keys[i]] = record["spec"]
             bar.advance(task)
 
-        items = [(spec.build, spec.input_shape(batch_size)) for spec in specs]
+        def calibration_round(r: int) -> None:
+            for i in range(len(chains)):
+                if r in table.subnet_rounds.get(i, {}):
+                    continue
+                if not timers:  # prepared once, kept for the whole build
+                    timers.extend(measure(SpecChain(c), _subnet_shape(c, batch_size)) for c in chains)
+                timing = timers[i]()
+                _append(path, [{"type": "subnet", "index": i, "round": r, **asdict(timing)}])
+                table.subnet_rounds.setdefault(i, {})[r] = timing
+                bar.advance(subnet_task)
+
         measure_rounds(
-            items, measure, rounds, done=done, skip=lambda i, r: r in table.rounds.get(keys[i], {})
+            [(spec.build, spec.input_shape(batch_size)) for spec in specs],
+            measure,
+            rounds,
+            chunk=256,  # every layer of most spaces: each prepared once (an onnxruntime export is ~0.1 s)
+            done=done,
+            skip=lambda i, r: r in table.rounds.get(keys[i], {}),
+            breaks=[lambda r=r: calibration_round(r) for r in range(subnet_rounds)] if calibrating else (),
         )
-    if world == 1 and table.calibration is None:
-        calibrate_latency_table(table, space, calibration_subnets, seed, progress, measure)
+    timers.clear()
+    if calibrating:
+        measured = [summarize(list(table.subnet_rounds[i].values()), statistic) for i in range(len(chains))]
+        _fit_calibration(table, space, population, measured, measure)
     return table
+
+
+def _subnet_shape(
+    specs: Sequence[LayerSpec], batch_size: int, in_channels: int | None = None
+) -> tuple[int, ...]:
+    first = specs[0]
+    return (batch_size, in_channels or first.in_channels, first.in_size, first.in_size)
+
+
+def calibration_population(space: SearchSpace, n_subnets: int, seed: int) -> torch.Tensor:
+    """The subnets a table is calibrated on: `n_subnets` random ones, the smallest and the largest."""
+    return torch.cat(
+        [
+            space.sample(n_subnets, torch.Generator().manual_seed(seed)),
+            space.encode([space.min_arch(space.resolutions[0]), space.max_arch(space.resolutions[-1])]),
+        ]
+    )
 
 
 def merge_latency_tables(
@@ -195,29 +244,39 @@ def calibrate_latency_table(
     progress: bool = False,
     measure: MeasureFn | None = None,
 ) -> Calibration:
-    """Fit `scale` and `overhead` on whole subnets (random ones plus the min and the max) measured here.
+    """Fit the table's calibration again on whole subnets measured here, now (`ofa latency calibrate`).
+
+    A build calibrates as it measures the layers; this one times its subnets in rounds interleaved
+    over all of them, back to back: when `validate` reports that the machine drifted, or after a
+    merge of shard files measured elsewhere. Appended to the table file.
+    """
+    measure = measure or table_measurer(table)
+    population = calibration_population(space, n_subnets, seed)
+    items = [(lambda c=c: SpecChain(c), c) for c in subnet_specs(space, population)]
+    measured = _measure_subnets(table, items, measure, progress, "calibrating", chunk=len(items))
+    return _fit_calibration(table, space, population, measured, measure)
+
+
+def _fit_calibration(
+    table: LatencyTable,
+    space: SearchSpace,
+    population: torch.Tensor,
+    measured: Sequence[float],
+    measure: MeasureFn,
+) -> Calibration:
+    """Scale and overhead of the table from whole subnets' measured latency; appended to its file.
 
     The per-call overhead is measured on an empty model; a robust (Theil-Sen) line through
     (layer sum, measured) gives scale and overhead; with a degenerate fit the scale stays 1 and the
-    overhead is the median residual. The subnets are measured in rounds interleaved over all of
-    them, so a burst of load cannot hit every round of one subnet. Appended to the table file.
+    overhead is the median residual.
     """
-    measure = measure or table_measurer(table)
     call = empty_call_ms(measure, table.statistic) if isinstance(measure, Measurer) else 0.0
-    population = torch.cat(
-        [
-            space.sample(n_subnets, torch.Generator().manual_seed(seed)),
-            space.encode([space.min_arch(space.resolutions[0]), space.max_arch(space.resolutions[-1])]),
-        ]
-    )
-    archs = space.decode(population)
     chains = subnet_specs(space, population)
-    items = [(lambda c=c: SpecChain(c), c) for c in chains]
-    measured = _measure_subnets(table, items, measure, progress, "calibrating", chunk=len(items))
     sums = [table.layer_sum(c, call) for c in chains]
     scale, overhead = _fit_line(sums, measured)
     subnets = [
-        {"arch": a.to_dict(), "layer_sum_ms": s, "measured_ms": m} for a, s, m in zip(archs, sums, measured)
+        {"arch": a.to_dict(), "layer_sum_ms": s, "measured_ms": m}
+        for a, s, m in zip(space.decode(population), sums, measured)
     ]
     table.calibration = Calibration(call, scale, overhead, subnets)
     if table.path is not None:
@@ -232,14 +291,11 @@ def _measure_subnets(
     progress: bool,
     description: str,
     in_channels: int | None = None,
-    chunk: int = 25,
+    chunk: int = 128,
 ) -> list[float]:
     """Median latency (ms) of whole subnets, measured in interleaved rounds like the layers."""
     batch, rounds = table.meta["batch_size"], subnet_timing(table)[0]
-    items = []
-    for factory, specs in subnets:
-        first = specs[0]
-        items.append((factory, (batch, in_channels or first.in_channels, first.in_size, first.in_size)))
+    items = [(factory, _subnet_shape(specs, batch, in_channels)) for factory, specs in subnets]
     with progress_bar(progress) as bar:
         task = bar.add_task(description, total=len(items) * rounds)
         timings = measure_rounds(items, measure, rounds, chunk=chunk, done=lambda i, r, t: bar.advance(task))

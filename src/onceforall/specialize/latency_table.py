@@ -11,8 +11,8 @@ fastest round's 10th percentile, robust to other jobs on the machine; or the med
 `call_overhead` is the measured cost of one timed call of an empty model (paid once per layer in
 the table but once per network in reality); `scale` and `overhead` are fitted by least squares on
 whole subnets measured end to end. The file is JSON lines: a header with the settings, then one
-line per measured layer and round, appended and fsynced as it is measured (a killed build resumes
-where it stopped), then a calibration line.
+line per measured layer and round and per calibration subnet and round, appended and fsynced as
+it is measured (a killed build resumes where it stopped), then a calibration line.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class LatencyTable:
     meta: dict
     rounds: dict[str, dict[int, Timing]] = field(default_factory=dict)
     specs: dict[str, dict] = field(default_factory=dict)
+    subnet_rounds: dict[int, dict[int, Timing]] = field(default_factory=dict)  # calibration subnet -> rounds
     calibration: Calibration | None = None
     path: Path | None = None
 
@@ -127,7 +128,9 @@ class LatencyTable:
         differs = [key for key, value in expect.items() if self.meta.get(key) != value]
         versions = [k for k in differs if k in VERSION_KEYS]
         wrong = [
-            f"{key}: table {self.meta.get(key)!r}, expected {expect[key]!r}"
+            f"{key}: table {self.meta[key]!r}, expected {expect[key]!r}"
+            if key in self.meta
+            else f"{key}: not recorded (a table from an older onceforall), expected {expect[key]!r}"
             for key in differs
             if key not in versions
         ]
@@ -242,6 +245,11 @@ def _add(table: LatencyTable, kind: str, record: dict) -> bool:
         if kind == "layer":
             table.rounds.setdefault(record["key"], {})[int(record["round"])] = _timing(record)
             table.specs[record["key"]] = record["spec"]
+        elif kind == "subnet":
+            index, r = record["index"], record["round"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (index, r)):
+                return False
+            table.subnet_rounds.setdefault(index, {})[r] = _timing(record)
         elif kind == "calibration":
             values = [float(record[k]) for k in ("call_overhead_ms", "scale", "overhead_ms")]
             if not all(math.isfinite(v) for v in values) or values[1] <= 0:

@@ -52,7 +52,7 @@ def validate_latency_table(
     plot: str | Path | None = None,
     progress: bool = False,
     measure: MeasureFn | None = None,
-    chunk: int = 50,
+    chunk: int = 128,
     repeats_for_spread: int = 5,
     spread_repeats: int = 2,
 ) -> ValidationReport:
@@ -63,10 +63,11 @@ def validate_latency_table(
     Spearman's rank correlation, the largest relative error (%), and the machine's own spread (the
     median over `repeats_for_spread` subnets of (max - min) / median of their latency measured
     1 + `spread_repeats` times, %): errors below it are noise, not the table's. `plot` writes a
-    measured-vs-predicted PNG. Rounds are interleaved over `chunk` subnets at a time (more spreads
-    each subnet's rounds over a longer time; fewer holds fewer prepared subnets in memory).
+    measured-vs-predicted PNG. Rounds go round by round over all the subnets; `chunk` bounds how
+    many are prepared at once (memory): beyond it, each is prepared (extracted, exported) again
+    for each round.
 
-    The table's calibration subnets are timed again in the last chunk: `drift` is the median of
+    The table's calibration subnets are timed again among them: `drift` is the median of
     (now / at calibration) - 1, in %. A shared VM can run 10-60 % slower for minutes at a time; a
     table calibrated in a fast spell then predicts low by that much however good its layers are,
     and `calibrate_latency_table` (`ofa latency calibrate`) fits it to the machine as it is now.

@@ -220,28 +220,44 @@ def measure_rounds(
     items: Sequence[tuple[Callable[[], nn.Module], tuple[int, ...]]],
     measure: MeasureFn,
     rounds: int,
-    chunk: int = 64,
+    chunk: int = 128,
     done: Callable[[int, int, Timing], None] | None = None,
     skip: Callable[[int, int], bool] | None = None,
+    breaks: Sequence[Callable[[], None]] = (),
 ) -> list[list[Timing]]:
-    """Time every item `rounds` times, interleaved: chunk by chunk, round r over the whole chunk.
+    """Time every item `rounds` times, round by round over all the items.
 
-    Interleaving spreads a transient load (another job on the machine) over all items of a chunk
-    instead of one. `items` are (module factory, input shape); `done(i, r, timing)` is called as
-    each round is measured; `skip(i, r)` marks rounds measured before (a resumed build).
+    Each item's rounds are spread over the whole measurement, so a slow spell of the machine (another
+    job, a shared VM's neighbour: 10-30 % for seconds to minutes) hits some rounds of every item
+    rather than all rounds of a few, and the fastest round of each item comes from the same span of
+    time. Rounds interleaved only within groups of items measured one group after another gave the
+    layers of a group one shared error, which sums do not average out. Items are prepared (`measure`)
+    `chunk` at a time to bound memory: once when they all fit in one chunk, else again each round.
+    `items` are (module factory, input shape); `done(i, r, timing)` is called as each round is
+    measured; `skip(i, r)` marks rounds measured before (a resumed build); `breaks` are called in
+    order at equal intervals of the schedule, the last at its end (the build times its calibration
+    subnets there).
     """
+    schedule = [(r, i) for r in range(rounds) for i in range(len(items)) if not (skip and skip(i, r))]
+    marks = [len(schedule) * (k + 1) // len(breaks) for k in range(len(breaks))]
+    one_chunk = len(items) <= chunk
     out: list[list[Timing]] = [[] for _ in items]
-    for begin in range(0, len(items), chunk):
-        ids = range(begin, min(begin + chunk, len(items)))
-        ids = [i for i in ids if not (skip and all(skip(i, r) for r in range(rounds)))]
-        timers = {i: measure(items[i][0](), items[i][1]) for i in ids}
-        for r in range(rounds):
-            for i in ids:
-                if skip is not None and skip(i, r):
-                    continue
-                timing = timers[i]()
-                out[i].append(timing)
-                if done is not None:
-                    done(i, r, timing)
-        del timers
+    timers: dict[int, Callable[[], Timing]] = {}
+    block = None
+    pending = 0
+    for step, (r, i) in enumerate(schedule):
+        while pending < len(marks) and marks[pending] <= step:
+            breaks[pending]()
+            pending += 1
+        if not one_chunk and block != (r, i // chunk):
+            block = (r, i // chunk)
+            timers.clear()
+        if i not in timers:
+            timers[i] = measure(items[i][0](), items[i][1])
+        timing = timers[i]()
+        out[i].append(timing)
+        if done is not None:
+            done(i, r, timing)
+    for call in breaks[pending:]:
+        call()
     return out
