@@ -19,12 +19,20 @@ from onceforall.nn.spec import LayerSpec
 from onceforall.specialize.latency_build import (
     build_latency_table,
     calibrate_latency_table,
+    layer_measurer,
     merge_latency_tables,
     table_measurer,
 )
 from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
 from onceforall.specialize.latency_validate import validate_latency_table
-from onceforall.specialize.timing import Measurer, Timing, current_settings, measure_rounds, torch_threads
+from onceforall.specialize.timing import (
+    EVICT_BYTES,
+    Measurer,
+    Timing,
+    current_settings,
+    measure_rounds,
+    torch_threads,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -318,6 +326,24 @@ def test_real_backends_time_a_layer_and_restore_threads(backend):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
     assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms and timing.repeats == 3
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_an_evicting_measurer_writes_its_scratch_before_every_run(backend):
+    spec = LayerSpec("mbconv", 8, 8, 16, 3, 2, 24, True, "h_swish")
+    measurer = Measurer(backend, warmup=2, repeats=3, evict_bytes=1 << 16)
+    timer = measurer(spec.build(), spec.input_shape(1))
+    timer()
+    assert measurer._scratch.tolist() == [5] * (1 << 16)  # 2 untimed + 3 timed runs, one write each
+    assert timer().repeats == 3 and measurer._scratch[0] == 10
+
+
+def test_a_table_times_its_layers_with_the_cache_evicted_and_its_subnets_without(space, tmp_path):
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend())
+    assert LatencyTable.load(table.path).meta["evict_bytes"] == EVICT_BYTES
+    layers, subnets = layer_measurer(table), table_measurer(table)
+    assert (layers.evict_bytes, layers.repeats) == (EVICT_BYTES, table.meta["repeats"])
+    assert (subnets.evict_bytes, subnets.repeats) == (0, table.meta["subnet_repeats"])
 
 
 def test_validation_reports_the_machines_own_spread(space, tmp_path):

@@ -31,6 +31,7 @@ from onceforall.specialize.latency_table import (
     subnet_specs,
 )
 from onceforall.specialize.timing import (
+    EVICT_BYTES,
     STATISTICS,
     MeasureFn,
     Measurer,
@@ -92,6 +93,7 @@ def build_latency_table(
         "statistic": statistic,
         "subnet_rounds": subnet_rounds,
         "subnet_repeats": subnet_repeats,
+        "evict_bytes": EVICT_BYTES if device == "cpu" else 0,  # before each timed run of a layer
         "calibration_subnets": calibration_subnets,
         "calibration_seed": seed,
         "space": space.name,
@@ -109,7 +111,8 @@ def build_latency_table(
     # The calibration subnets are timed at `subnet_rounds` even intervals of the layers' schedule, so
     # layers and subnets sample the machine over the same span: a calibration timed in one short
     # window took that window's speed, and a slow spell there biased every prediction by 6-14 %.
-    measure = measure or Measurer(backend, device, threads, batch_size, warmup, repeats)
+    layer_measure = measure or layer_measurer(table)
+    subnet_measure = measure or table_measurer(table)
     todo = sum(rounds - len(table.rounds.get(k, {})) for k in keys)
     subnet_todo = sum(
         r not in table.subnet_rounds.get(i, {}) for i in range(len(chains)) for r in range(subnet_rounds)
@@ -131,7 +134,7 @@ def build_latency_table(
                 if r in table.subnet_rounds.get(i, {}):
                     continue
                 if not timers:  # prepared once, kept for the whole build
-                    timers.extend(measure(SpecChain(c), _subnet_shape(c, batch_size)) for c in chains)
+                    timers.extend(subnet_measure(SpecChain(c), _subnet_shape(c, batch_size)) for c in chains)
                 timing = timers[i]()
                 _append(path, [{"type": "subnet", "index": i, "round": r, **asdict(timing)}])
                 table.subnet_rounds.setdefault(i, {})[r] = timing
@@ -139,7 +142,7 @@ def build_latency_table(
 
         measure_rounds(
             [(spec.build, spec.input_shape(batch_size)) for spec in specs],
-            measure,
+            layer_measure,
             rounds,
             chunk=256,  # every layer of most spaces: each prepared once (an onnxruntime export is ~0.1 s)
             done=done,
@@ -149,7 +152,7 @@ def build_latency_table(
     timers.clear()
     if calibrating:
         measured = [summarize(list(table.subnet_rounds[i].values()), statistic) for i in range(len(chains))]
-        _fit_calibration(table, space, population, measured, measure)
+        _fit_calibration(table, space, population, measured, measure is None)
     return table
 
 
@@ -230,6 +233,14 @@ def table_measurer(table: LatencyTable) -> Measurer:
     return Measurer(*settings, m["warmup"], subnet_timing(table)[1])
 
 
+def layer_measurer(table: LatencyTable) -> Measurer:
+    """A Measurer of layers as the table measured them (repeats, cache eviction), on this machine."""
+    m = table.meta
+    settings = (m["backend"], m["device"], m["threads"], m["batch_size"])
+    table.check(current_settings(*settings))
+    return Measurer(*settings, m["warmup"], m["repeats"], m.get("evict_bytes", 0))
+
+
 def subnet_timing(table: LatencyTable) -> tuple[int, int]:
     """(rounds, repeats) a whole subnet is timed with; a table from before they were recorded: its layers'."""
     m = table.meta
@@ -250,11 +261,10 @@ def calibrate_latency_table(
     over all of them, back to back: when `validate` reports that the machine drifted, or after a
     merge of shard files measured elsewhere. Appended to the table file.
     """
-    measure = measure or table_measurer(table)
     population = calibration_population(space, n_subnets, seed)
     items = [(lambda c=c: SpecChain(c), c) for c in subnet_specs(space, population)]
-    measured = _measure_subnets(table, items, measure, progress, "calibrating", chunk=len(items))
-    return _fit_calibration(table, space, population, measured, measure)
+    measured = _measure_subnets(table, items, measure or table_measurer(table), progress, "calibrating")
+    return _fit_calibration(table, space, population, measured, measure is None)
 
 
 def _fit_calibration(
@@ -262,15 +272,16 @@ def _fit_calibration(
     space: SearchSpace,
     population: torch.Tensor,
     measured: Sequence[float],
-    measure: MeasureFn,
+    time_empty_call: bool,
 ) -> Calibration:
     """Scale and overhead of the table from whole subnets' measured latency; appended to its file.
 
-    The per-call overhead is measured on an empty model; a robust (Theil-Sen) line through
+    The per-call overhead is measured on an empty model with the table's layer settings (none with
+    `time_empty_call` False: a fake backend in tests); a robust (Theil-Sen) line through
     (layer sum, measured) gives scale and overhead; with a degenerate fit the scale stays 1 and the
     overhead is the median residual.
     """
-    call = empty_call_ms(measure, table.statistic) if isinstance(measure, Measurer) else 0.0
+    call = empty_call_ms(layer_measurer(table), table.statistic) if time_empty_call else 0.0
     chains = subnet_specs(space, population)
     sums = [table.layer_sum(c, call) for c in chains]
     scale, overhead = _fit_line(sums, measured)
