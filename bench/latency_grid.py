@@ -35,13 +35,14 @@ def run(args: argparse.Namespace) -> None:
     done = {
         (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"], subnet_timing(r))
         for r in read(args.out)
+        if layer_timing(r) == LAYER_TIMING
     }
     cells = itertools.product(args.backends.split(","), args.threads, args.batches)
     for backend, threads, batch in cells:
         if (args.supernet, tuple(space.resolutions), backend, threads, batch, timing) in done:
             continue
         table_path = (
-            args.folder / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}.jsonl"
+            args.folder / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}_spread.jsonl"
         )
         started = time.perf_counter()
         build_latency_table(
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> None:
             "subnet_rounds": timing[0],
             "subnet_repeats": timing[1],
             "layers": len(table.layers),
+            "layer_timing": LAYER_TIMING,
             "build_s": round(built, 1),
             "validate_s": round(time.perf_counter() - started - built, 1),
             **report.to_dict(),
@@ -88,6 +90,16 @@ def read(path: Path) -> list[dict]:
     )
 
 
+# How the cell's table timed its layers. Rows before session 17: "by chunk" (each layer's rounds within
+# its chunk of 64, the calibration after the layers); since: every item's rounds spread over the
+# whole build, the calibration subnets timed among them.
+LAYER_TIMING = "whole build"
+
+
+def layer_timing(row: dict) -> str:
+    return row.get("layer_timing", "by chunk")
+
+
 def subnet_timing(row: dict) -> tuple[int, int]:
     """How the row's subnets were timed (rounds, repeats); rows from before it was recorded: 5 x 20."""
     return row.get("subnet_rounds", 5), row.get("subnet_repeats", 20)
@@ -95,14 +107,14 @@ def subnet_timing(row: dict) -> tuple[int, int]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| supernet | resolutions | backend | threads | batch | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
             f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
-            f"{'{} x {}'.format(*subnet_timing(r))} | {r['layers']} | "
+            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
             f"{r['max_error']:.1f} % | {r['spread']:.1f} % | "
             + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")

@@ -26,7 +26,6 @@ from onceforall.specialize.latency_build import (
 from onceforall.specialize.latency_table import LatencyTable, SpecChain, spec_key, subnet_specs
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import (
-    EVICT_BYTES,
     Measurer,
     Timing,
     current_settings,
@@ -328,22 +327,11 @@ def test_real_backends_time_a_layer_and_restore_threads(backend):
     assert 0 < timing.p10_ms <= timing.median_ms <= timing.p90_ms and timing.repeats == 3
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
-def test_an_evicting_measurer_writes_its_scratch_before_every_run(backend):
-    spec = LayerSpec("mbconv", 8, 8, 16, 3, 2, 24, True, "h_swish")
-    measurer = Measurer(backend, warmup=2, repeats=3, evict_bytes=1 << 16)
-    timer = measurer(spec.build(), spec.input_shape(1))
-    timer()
-    assert measurer._scratch.tolist() == [5] * (1 << 16)  # 2 untimed + 3 timed runs, one write each
-    assert timer().repeats == 3 and measurer._scratch[0] == 10
-
-
-def test_a_table_times_its_layers_with_the_cache_evicted_and_its_subnets_without(space, tmp_path):
-    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend())
-    assert LatencyTable.load(table.path).meta["evict_bytes"] == EVICT_BYTES
-    layers, subnets = layer_measurer(table), table_measurer(table)
-    assert (layers.evict_bytes, layers.repeats) == (EVICT_BYTES, table.meta["repeats"])
-    assert (subnets.evict_bytes, subnets.repeats) == (0, table.meta["subnet_repeats"])
+def test_a_table_times_layers_with_its_layer_repeats_and_subnets_with_its_subnet_repeats(space, tmp_path):
+    table = build_latency_table(
+        space, tmp_path / "t.jsonl", rounds=1, repeats=7, subnet_repeats=9, measure=FakeBackend()
+    )
+    assert (layer_measurer(table).repeats, table_measurer(table).repeats) == (7, 9)
 
 
 def test_validation_reports_the_machines_own_spread(space, tmp_path):

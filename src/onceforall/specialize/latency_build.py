@@ -31,7 +31,6 @@ from onceforall.specialize.latency_table import (
     subnet_specs,
 )
 from onceforall.specialize.timing import (
-    EVICT_BYTES,
     STATISTICS,
     MeasureFn,
     Measurer,
@@ -93,7 +92,6 @@ def build_latency_table(
         "statistic": statistic,
         "subnet_rounds": subnet_rounds,
         "subnet_repeats": subnet_repeats,
-        "evict_bytes": EVICT_BYTES if device == "cpu" else 0,  # before each timed run of a layer
         "calibration_subnets": calibration_subnets,
         "calibration_seed": seed,
         "space": space.name,
@@ -234,11 +232,11 @@ def table_measurer(table: LatencyTable) -> Measurer:
 
 
 def layer_measurer(table: LatencyTable) -> Measurer:
-    """A Measurer of layers as the table measured them (repeats, cache eviction), on this machine."""
+    """A Measurer of layers with the table's settings and layer repeats, on this machine."""
     m = table.meta
     settings = (m["backend"], m["device"], m["threads"], m["batch_size"])
     table.check(current_settings(*settings))
-    return Measurer(*settings, m["warmup"], m["repeats"], m.get("evict_bytes", 0))
+    return Measurer(*settings, m["warmup"], m["repeats"])
 
 
 def subnet_timing(table: LatencyTable) -> tuple[int, int]:

@@ -62,7 +62,8 @@ def validate_latency_table(
     subnet is built from the space's layer specs. Reports the share within +-10 %, MAPE (%),
     Spearman's rank correlation, the largest relative error (%), and the machine's own spread (the
     median over `repeats_for_spread` subnets of (max - min) / median of their latency measured
-    1 + `spread_repeats` times, %): errors below it are noise, not the table's. `plot` writes a
+    1 + `spread_repeats` times, as separate items of the same schedule, %): errors below it are
+    noise, not the table's. `plot` writes a
     measured-vs-predicted PNG. Rounds go round by round over all the subnets; `chunk` bounds how
     many are prepared at once (memory): beyond it, each is prepared (extracted, exported) again
     for each round.
@@ -86,29 +87,20 @@ def validate_latency_table(
         for a, c in zip(archs, chains)
     ]
     subnets = list(zip(factories, chains))
+    # The same few subnets again, as separate items of the same schedule: how far this machine
+    # disagrees with itself over a measurement like this one (not over a shorter one, which is noisier).
+    copies = [s for _ in range(spread_repeats) for s in subnets[:repeats_for_spread]]
     calibrated = table.calibration.subnets if table.calibration else []
     again_specs = subnet_specs(space, space.encode([Arch.from_dict(c["arch"]) for c in calibrated]))
-    timed = subnets + [((lambda c=c: SpecChain(c)), c) for c in again_specs]  # as calibrate timed them
+    timed = subnets + copies + [((lambda c=c: SpecChain(c)), c) for c in again_specs]  # as calibrated
     everything = _measure_subnets(table, timed, measure, progress, "measuring subnets", in_channels, chunk)
-    measured, now = everything[:n], everything[n:]
+    measured, again, now = everything[:n], everything[n : n + len(copies)], everything[n + len(copies) :]
     ratios = [b / c["measured_ms"] for b, c in zip(now, calibrated) if c["measured_ms"] > 0]
     errors = [abs(p - m) / m for p, m in zip(predicted, measured)]
-    # The same few subnets measured again: how far this machine disagrees with itself.
-    again = [
-        _measure_subnets(
-            table,
-            subnets[:repeats_for_spread],
-            measure,
-            progress,
-            f"re-measuring ({k + 2})",
-            in_channels,
-            chunk,
-        )
-        for k in range(spread_repeats)
-    ]
+    k = min(repeats_for_spread, n)
     spreads = [
         (max(runs) - min(runs)) / statistics.median(runs)
-        for runs in zip(measured[:repeats_for_spread], *again)
+        for runs in zip(measured[:k], *(again[j * k : (j + 1) * k] for j in range(spread_repeats)))
     ]
     report = ValidationReport(
         n=n,

@@ -112,21 +112,15 @@ def time_call(
     warmup: int,
     repeats: int,
     sync: Callable[[], None] | None = None,
-    before: Callable[[], None] | None = None,
 ) -> Timing:
-    """Median and 10th/90th percentiles (ms) of `repeats` timed calls after `warmup` untimed ones;
-    `before()`, if given, runs untimed before each of them."""
+    """Median and 10th/90th percentiles (ms) of `repeats` timed calls after `warmup` untimed ones."""
     now = time.perf_counter
     for _ in range(warmup):
-        if before is not None:
-            before()
         fn()
     if sync is not None:
         sync()
     samples = []
     for _ in range(repeats):
-        if before is not None:
-            before()
         start = now()
         fn()
         if sync is not None:
@@ -154,24 +148,12 @@ def summarize(timings: Sequence[Timing], statistic: str = "p10") -> float:
     raise LatencyTableError(f"unknown statistic {statistic!r}; choose one of {STATISTICS}")
 
 
-# Bytes a layer's timing writes before each run (`Measurer(evict_bytes=...)`): several times a core's
-# L2 (0.5-2 MiB on current x86 and Arm cores), a small part of a shared L3.
-EVICT_BYTES = 4 << 20
-
-
 class Measurer:
     """Times forward passes on one backend with fixed settings.
 
     `measurer(module, input_shape)` prepares the module once (moves it, or exports it and opens an
     onnxruntime session) and returns a timer: each call of the timer measures one round. A torch
     CPU measurer fixes glibc's allocation thresholds for the process (`onceforall.allocator`).
-
-    With `evict_bytes` (CPU only), each run is preceded, untimed, by writing that many bytes and
-    then touching the input: the run finds its weights out of the core's cache, as a layer inside
-    a network does (the other layers ran in between), and its input in cache (the layer before
-    just wrote it). Timed back to back, a layer keeps its weights in L2 and runs faster than it
-    does in a network, by a factor that differs from layer to layer. Tables time their layers so;
-    whole subnets are timed back to back, as they run.
     """
 
     def __init__(
@@ -182,56 +164,43 @@ class Measurer:
         batch_size: int = 1,
         warmup: int = 10,
         repeats: int = 20,
-        evict_bytes: int = 0,
     ):
         current_settings(backend, device, threads, batch_size)  # validates
-        if evict_bytes and device != "cpu":
-            raise LatencyTableError(f"evicting the cache before each run is for the CPU, not {device!r}")
         self.backend, self.device, self.threads, self.batch_size = backend, device, threads, batch_size
         self.warmup, self.repeats = warmup, repeats
-        self.evict_bytes = evict_bytes
-        self._scratch = torch.zeros(evict_bytes, dtype=torch.uint8) if evict_bytes else None
         if backend == "torch" and device == "cpu":
             reuse_freed_memory()
 
     def __call__(self, module: nn.Module, input_shape: tuple[int, ...]) -> Callable[[], Timing]:
         with torch_threads(self.threads):
-            fn, sync, touch = self._prepare(module.eval(), input_shape)
-        scratch = self._scratch
-
-        def evict() -> None:
-            scratch.add_(1)
-            touch()
+            fn, sync = self._prepare(module.eval(), input_shape)
 
         def timer() -> Timing:
             with torch_threads(self.threads):
-                return time_call(fn, self.warmup, self.repeats, sync, evict if scratch is not None else None)
+                return time_call(fn, self.warmup, self.repeats, sync)
 
         return timer
 
-    def _prepare(
-        self, module: nn.Module, shape: tuple[int, ...]
-    ) -> tuple[Callable[[], Any], Callable[[], None] | None, Callable[[], None]]:
-        """(run once, wait for the device or None, touch the input) for `module` on this backend."""
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]):
         x = torch.randn(shape)
         if self.backend == "onnxruntime":
             from onceforall.export import onnx_bytes, ort_session
 
             session = ort_session(onnx_bytes(module, x, dynamic_batch=False), self.threads)
             feed = {"input": x.numpy()}
-            return (lambda: session.run(None, feed)), None, (lambda: x.mul_(1.0))  # x shares feed's memory
+            return (lambda: session.run(None, feed)), None
         device = torch.device(self.device)
         module, x = module.to(device), x.to(device)
         if device.type == "cpu" and x.dim() == 4:
             module = module.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
 
-        def run() -> None:
+        def run():
             with torch.inference_mode():
                 module(x)
 
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-        return run, sync, (lambda: x.mul_(1.0))
+        return run, sync
 
 
 class _Identity(nn.Module):
