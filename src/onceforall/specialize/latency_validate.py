@@ -63,8 +63,7 @@ def validate_latency_table(
     Spearman's rank correlation, the largest relative error (%), and the machine's own spread (the
     median over `repeats_for_spread` subnets of (max - min) / median of their latency measured
     1 + `spread_repeats` times, as separate items of the same schedule, %): errors below it are
-    noise, not the table's. `plot` writes a
-    measured-vs-predicted PNG. Rounds go round by round over all the subnets; `chunk` bounds how
+    noise, not the table's. `plot` writes a measured-vs-predicted PNG. Rounds go round by round over all the subnets; `chunk` bounds how
     many are prepared at once (memory): beyond it, each is prepared (extracted, exported) again
     for each round.
 
