@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         print(
             f"{args.supernet} {backend} {threads}t b{batch}: {100 * row['within_10']:.0f} % within 10 %, "
             f"MAPE {row['mape']:.1f} %, Spearman {row['spearman']:.3f}, spread {row['spread']:.1f} %, "
-            f"drift {row['drift']:+.1f} %",
+            f"drift {row['drift']:+.1f} % (levelled: {100 * row['within_10_levelled']:.0f} % within 10 %)",
             flush=True,
         )
 
@@ -107,8 +107,8 @@ def subnet_timing(row: dict) -> tuple[int, int]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift | within ±10 % levelled |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = ",".join(map(str, r["resolutions"]))
@@ -118,6 +118,7 @@ def markdown(rows: list[dict]) -> str:
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
             f"{r['max_error']:.1f} % | {r['spread']:.1f} % | "
             + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")
+            + (f" {100 * r['within_10_levelled']:.0f} % |" if "within_10_levelled" in r else " - |")
         )
     return "\n".join(lines)
 

@@ -384,9 +384,16 @@ def test_validation_reports_how_far_the_machine_drifted_since_calibration(space,
         timer = FakeBackend()(module, shape)
         return lambda: Timing(*(1.25 * v for v in astuple(timer())[:3]), 1)
 
+    at_rest = validate_latency_table(table, space, n=4, measure=FakeBackend())
     report = validate_latency_table(table, space, n=4, measure=slower)
     assert report.drift == pytest.approx(25.0)
     assert report.to_dict()["drift"] == report.drift
+    # every prediction now 20 % low: none within 10 %; scaled by the drift, the table scores as at rest
+    assert (at_rest.within_10, report.within_10) == (1.0, 0.0)
+    assert report.mape == pytest.approx(20.0)
+    assert report.within_10_levelled == at_rest.within_10_levelled == 1.0
+    assert report.mape_levelled == pytest.approx(at_rest.mape)
+    assert report.to_dict()["within_10_levelled"] == 1.0
     # recalibrating here, now, takes the drift out
     calibrate_latency_table(table, space, n_subnets=4, measure=slower)
     assert LatencyTable.load(table.path).calibration == table.calibration

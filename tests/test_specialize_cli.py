@@ -131,6 +131,7 @@ def test_latency_build_validate_and_search(predictor_file, tmp_path):
     assert result.exit_code == 0, result.output
     validated = last_json(result)
     assert validated["n"] == 3 and (tmp_path / "v.png").is_file() and math.isfinite(validated["drift"])
+    assert math.isfinite(validated["within_10_levelled"]) and math.isfinite(validated["mape_levelled"])
     lines = len(table.read_text().splitlines())
     result = invoke("latency", "calibrate", *SMALL, "--table", table, "--calibration-subnets", "2", "--json")
     assert result.exit_code == 0, result.output

@@ -182,7 +182,9 @@ def latency_validate(
         say(
             f"warning: the table's calibration subnets run {abs(report.drift):.1f} % "
             f"{'slower' if report.drift > 0 else 'faster'} now than when it was calibrated: the machine "
-            f"changed speed; recalibrate with `ofa latency calibrate --table {table}` (same --supernet)",
+            f"changed speed; with the predictions scaled by that, {100 * report.within_10_levelled:.1f} % "
+            f"within ±10 %, MAPE {report.mape_levelled:.2f} %; recalibrate with "
+            f"`ofa latency calibrate --table {table}` (same --supernet)",
             as_json,
         )
     if report.spread > 5:

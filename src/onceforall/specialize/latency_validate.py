@@ -33,9 +33,14 @@ class ValidationReport:
     plot: str | None = None
     spread: float = float("nan")  # the machine's own spread (%): re-measurements of the same subnets
     drift: float = float("nan")  # how much slower (%) the calibration subnets run now than when calibrated
+    # the same scores with every prediction scaled by (1 + drift): the table's error with the machine's
+    # change of speed since calibration taken out (measured on the calibration subnets, not these)
+    within_10_levelled: float = float("nan")
+    mape_levelled: float = float("nan")
 
     def to_dict(self, with_points: bool = False) -> dict:
-        keys = ("n", "within_10", "mape", "spearman", "max_error", "spread", "drift", "plot")
+        keys = ("n", "within_10", "mape", "spearman", "max_error", "spread", "drift")
+        keys += ("within_10_levelled", "mape_levelled", "plot")
         out = {k: getattr(self, k) for k in keys}
         if with_points:
             out.update(measured_ms=self.measured_ms, predicted_ms=self.predicted_ms, archs=self.archs)
@@ -71,6 +76,8 @@ def validate_latency_table(
     (now / at calibration) - 1, in %. A shared VM can run 10-60 % slower for minutes at a time; a
     table calibrated in a fast spell then predicts low by that much however good its layers are,
     and `calibrate_latency_table` (`ofa latency calibrate`) fits it to the machine as it is now.
+    `within_10_levelled` and `mape_levelled` score the predictions scaled by (1 + drift): what the
+    table would score recalibrated now, so model error and the machine's change of speed read apart.
     """
     from scipy.stats import spearmanr
 
@@ -95,7 +102,9 @@ def validate_latency_table(
     everything = _measure_subnets(table, timed, measure, progress, "measuring subnets", in_channels, chunk)
     measured, again, now = everything[:n], everything[n : n + len(copies)], everything[n + len(copies) :]
     ratios = [b / c["measured_ms"] for b, c in zip(now, calibrated) if c["measured_ms"] > 0]
-    errors = [abs(p - m) / m for p, m in zip(predicted, measured)]
+    errors = _errors(predicted, measured)
+    level = statistics.median(ratios) if ratios else float("nan")
+    levelled = _errors([level * p for p in predicted], measured)
     k = min(repeats_for_spread, n)
     spreads = [
         (max(runs) - min(runs)) / statistics.median(runs)
@@ -111,11 +120,18 @@ def validate_latency_table(
         predicted_ms=predicted,
         archs=[a.to_dict() for a in archs],
         spread=100 * statistics.median(spreads) if spreads else float("nan"),
-        drift=100 * (statistics.median(ratios) - 1) if ratios else float("nan"),
+        drift=100 * (level - 1),
+        within_10_levelled=sum(e <= 0.10 for e in levelled) / n if ratios else float("nan"),
+        mape_levelled=100 * sum(levelled) / n if ratios else float("nan"),
     )
     if plot is not None:
         report.plot = str(plot_validation(report, plot, title=_title(table)))
     return report
+
+
+def _errors(predicted: list[float], measured: list[float]) -> list[float]:
+    """|predicted - measured| / measured, subnet by subnet."""
+    return [abs(p - m) / m for p, m in zip(predicted, measured)]
 
 
 def _title(table: LatencyTable) -> str:

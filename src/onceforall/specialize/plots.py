@@ -267,6 +267,11 @@ def validation_figure(report: ValidationReport, title: str = "") -> Figure:
         f"{report.n} subnets: {100 * report.within_10:.0f} % within ±10 %, MAPE {report.mape:.1f} %\n"
         f"Spearman {report.spearman:.3f}, largest error {report.max_error:.1f} %"
     )
+    if abs(report.drift) > 5:  # the CLI warns at the same size
+        summary += (
+            f"\nmachine {report.drift:+.1f} % since calibration; scaled by that: "
+            f"{100 * report.within_10_levelled:.0f} % within ±10 %"
+        )
     set_title(fig, f"{title}\n{summary}" if title else summary)
     return fig
 
