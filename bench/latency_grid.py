@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> None:
         report = validate_latency_table(
             table, space, args.n, subnet_fn=lambda arch: extract_subnet(net, arch), progress=True
         )
+        # the points beside the table (runs/, not kept), for a look at which subnets miss
+        points = table_path.with_name(table_path.stem + "_points.json")
+        points.write_text(json.dumps(report.to_dict(with_points=True)))
         row = {
             "supernet": args.supernet,
             "resolutions": list(space.resolutions),
