@@ -17,6 +17,7 @@ from onceforall.cost import distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
 from onceforall.specialize.latency_build import (
+    _fit_calibration_terms,
     build_latency_table,
     calibrate_latency_table,
     layer_measurer,
@@ -72,13 +73,14 @@ def spec_cost(spec: LayerSpec) -> float:
 class FakeBackend:
     """`measure(module, shape) -> timer`: counts timer calls per layer, optionally dies after `crash_after`."""
 
-    def __init__(self, crash_after: int | None = None, scale: float = 1.0):
+    def __init__(self, crash_after: int | None = None, scale: float = 1.0, per_mparam: float = 0.0):
         self.calls: Counter = Counter()
-        self.crash_after, self.scale = crash_after, scale
+        self.crash_after, self.scale, self.per_mparam = crash_after, scale, per_mparam
 
     def __call__(self, module, shape):
-        if isinstance(module, SpecChain):
-            key, value = None, self.scale * sum(spec_cost(s) for s in module.specs) + OVERHEAD
+        if isinstance(module, SpecChain):  # a whole network: its layers, then its weights from memory
+            weights = self.per_mparam * sum(s.params for s in module.specs) / 1e6
+            key, value = None, self.scale * sum(spec_cost(s) for s in module.specs) + weights + OVERHEAD
         else:
             spec = module.spec
             key, value = spec_key(spec), spec_cost(spec)
@@ -287,20 +289,58 @@ def test_bad_settings_are_refused():
         build_latency_table(small_net().search_space(), "/nonexistent/t.jsonl", shard=(2, 2))
 
 
+def test_a_calibration_line_from_before_the_weight_term_reads_as_without_it(space, tmp_path):
+    path = tmp_path / "t.jsonl"
+    build_latency_table(space, path, rounds=1, measure=FakeBackend(per_mparam=0.4))
+    lines = path.read_text().splitlines()
+    old = json.loads(lines[-1])
+    assert old["type"] == "calibration" and old["ms_per_mparam"] == pytest.approx(0.4)
+    del old["ms_per_mparam"]
+    path.write_text("\n".join([*lines, json.dumps(old)]) + "\n")
+    assert LatencyTable.load(path).calibration.ms_per_mparam == 0.0
+    # a negative weight cost is not a calibration: the line is named as malformed
+    path.write_text("\n".join([*lines, json.dumps({**old, "ms_per_mparam": -1.0})]) + "\n")
+    with pytest.raises(LatencyTableError, match=f"malformed lines \\[{len(lines) + 1}\\]"):
+        LatencyTable.load(path)
+
+
+def test_one_subnet_timed_in_a_slow_spell_does_not_tilt_the_calibration():
+    sums = [2.0, 3.0, 4.5, 5.0, 6.0, 7.5, 8.0, 9.0, 10.0, 12.0, 1.0, 15.0]
+    mparams = [1.0, 3.0, 1.5, 4.0, 2.0, 5.5, 3.0, 6.0, 4.0, 7.0, 0.5, 9.0]
+    measured = [1.2 * s + 0.3 * p + 0.5 for s, p in zip(sums, mparams)]
+    measured[5] *= 1.5  # a burst of load during one subnet's rounds
+    fitted = _fit_calibration_terms(sums, mparams, measured)
+    # plain least squares on the same points: (0.93, 0.82, 0.84); the robust fit stays within 4 %
+    assert fitted == pytest.approx((1.2, 0.3, 0.5), rel=0.04)
+    assert _fit_calibration_terms(
+        sums, mparams, [1.2 * s + 0.3 * p + 0.5 for s, p in zip(sums, mparams)]
+    ) == (pytest.approx((1.2, 0.3, 0.5), rel=1e-9))
+    # the weight term is never negative: weights do not make a network faster
+    faster = [1.2 * s - 0.3 * p + 4.0 for s, p in zip(sums, mparams)]
+    assert _fit_calibration_terms(sums, mparams, faster)[1] == pytest.approx(0.0, abs=1e-12)
+    # too few subnets to fit three terms: the layer sum as measured, plus the median residual
+    assert _fit_calibration_terms([1.0, 2.0], [1.0, 1.0], [1.5, 2.5]) == (1.0, 0.0, 0.5)
+
+
 # --------------------------------------------------------------------------- predicting
 def test_gather_and_sum_equals_python_sum(space, tmp_path):
-    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=FakeBackend(scale=1.3))
+    fake = FakeBackend(scale=1.3, per_mparam=0.4)
+    table = build_latency_table(space, tmp_path / "t.jsonl", rounds=1, measure=fake)
     cal = table.calibration
-    assert cal.scale == pytest.approx(1.3, rel=1e-6)
+    # the fit recovers how the fake network differs from its layers summed
+    assert (cal.scale, cal.ms_per_mparam, cal.overhead_ms) == pytest.approx((1.3, 0.4, OVERHEAD), rel=1e-6)
+    assert LatencyTable.load(table.path).calibration == cal
     population = space.sample(50, torch.Generator().manual_seed(3))
     predicted = table.model(space)(population)
     layers = table.layers
     for value, specs in zip(predicted.tolist(), subnet_specs(space, population)):
         expected = cal.overhead_ms + sum(
-            cal.scale * (layers[spec_key(s)] - cal.call_overhead_ms) for s in specs
+            cal.scale * (layers[spec_key(s)] - cal.call_overhead_ms) + cal.ms_per_mparam * s.params / 1e6
+            for s in specs
         )
         assert value == pytest.approx(expected, rel=1e-12)
-        assert value == pytest.approx(1.3 * sum(spec_cost(s) for s in specs) + OVERHEAD, rel=1e-6)
+        weights = 0.4 * sum(s.params for s in specs) / 1e6
+        assert value == pytest.approx(1.3 * sum(spec_cost(s) for s in specs) + weights + OVERHEAD, rel=1e-6)
 
 
 def test_validation_reports_and_plots(space, tmp_path):

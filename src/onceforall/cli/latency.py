@@ -36,7 +36,8 @@ from onceforall.specialize.timing import current_settings
 
 def _fitted(c: Calibration) -> dict[str, float]:
     """A calibration's fitted numbers (without the subnets it was fitted on), for --json."""
-    return {"call_overhead_ms": c.call_overhead_ms, "scale": c.scale, "overhead_ms": c.overhead_ms}
+    keys = ("call_overhead_ms", "scale", "ms_per_mparam", "overhead_ms")
+    return {k: getattr(c, k) for k in keys}
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -139,7 +140,11 @@ def latency_calibrate(
         loaded = LatencyTable.load(table, require_calibration=False)
         loaded.model(space)  # the table must cover this space before a minute of timing
         c = calibrate_latency_table(loaded, space, calibration_subnets, seed, progress=True)
-    say(f"recalibrated {table}: scale {c.scale:.3f}, overhead {c.overhead_ms:.3f} ms", as_json)
+    say(
+        f"recalibrated {table}: scale {c.scale:.3f}, weights {c.ms_per_mparam:.3f} ms per M parameters, "
+        f"overhead {c.overhead_ms:.3f} ms",
+        as_json,
+    )
     if as_json:
         emit({"path": str(table), **_fitted(c)})
 

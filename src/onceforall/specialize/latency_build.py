@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from onceforall.arch import SearchSpace
-from onceforall.cost import distinct_specs
+from onceforall.cost import count_params, distinct_specs
 from onceforall.errors import LatencyTableError
 from onceforall.nn.spec import LayerSpec
 from onceforall.progress import progress_bar
@@ -272,22 +271,21 @@ def _fit_calibration(
     measured: Sequence[float],
     time_empty_call: bool,
 ) -> Calibration:
-    """Scale and overhead of the table from whole subnets' measured latency; appended to its file.
+    """Scale, weight cost and overhead of the table from whole subnets' latency; appended to its file.
 
     The per-call overhead is measured on an empty model with the table's layer settings (none with
-    `time_empty_call` False: a fake backend in tests); a robust (Theil-Sen) line through
-    (layer sum, measured) gives scale and overhead; with a degenerate fit the scale stays 1 and the
-    overhead is the median residual.
+    `time_empty_call` False: a fake backend in tests); `_fit_calibration_terms` fits the rest.
     """
     call = empty_call_ms(layer_measurer(table), table.statistic) if time_empty_call else 0.0
     chains = subnet_specs(space, population)
     sums = [table.layer_sum(c, call) for c in chains]
-    scale, overhead = _fit_line(sums, measured)
+    mparams = (count_params(space, population).double() / 1e6).tolist()
+    scale, per_mparam, overhead = _fit_calibration_terms(sums, mparams, measured)
     subnets = [
-        {"arch": a.to_dict(), "layer_sum_ms": s, "measured_ms": m}
-        for a, s, m in zip(space.decode(population), sums, measured)
+        {"arch": a.to_dict(), "layer_sum_ms": s, "mparams": p, "measured_ms": m}
+        for a, s, p, m in zip(space.decode(population), sums, mparams, measured)
     ]
-    table.calibration = Calibration(call, scale, overhead, subnets)
+    table.calibration = Calibration(call, scale, overhead, subnets, per_mparam)
     if table.path is not None:
         _append(table.path, [{"type": "calibration", **asdict(table.calibration)}])
     return table.calibration
@@ -311,12 +309,33 @@ def _measure_subnets(
     return [summarize(t, table.statistic) for t in timings]
 
 
-def _fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
-    """Robust (Theil-Sen) line y = scale * x + offset; scale 1 and the median residual if degenerate."""
-    from scipy.stats import theilslopes
+def _fit_calibration_terms(
+    sums: Sequence[float], mparams: Sequence[float], measured: Sequence[float]
+) -> tuple[float, float, float]:
+    """measured ~ scale * sums + per_mparam * mparams + overhead: (scale, per_mparam, overhead).
 
-    if len(x) >= 3 and max(x) > min(x):
-        scale, offset = theilslopes(y, x)[:2]
-        if 0.5 <= scale <= 2.0:
-            return float(scale), float(offset)
-    return 1.0, statistics.median(b - a for a, b in zip(x, y))
+    On relative residuals, since a table is judged by its relative error, with a soft-L1 loss (2 %
+    scale) so that one subnet timed in a slow spell does not tilt the fit; scale within 0.5-2 and
+    per_mparam >= 0 (weights cannot make a network faster). With fewer than 4 subnets or no
+    spread in their layer sums the scale stays 1 and the overhead is the median residual.
+    """
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    x, p, y = (np.asarray(v, dtype=np.float64) for v in (sums, mparams, measured))
+    if len(y) < 4 or x.max() <= x.min() or y.min() <= 0:
+        return 1.0, 0.0, float(np.median(y - x))
+    design = np.stack([x, p, np.ones_like(x)], 1)
+    low, high = np.array([0.5, 0.0, -np.inf]), np.array([2.0, np.inf, np.inf])
+    start = np.clip(np.linalg.lstsq(design / y[:, None], np.ones_like(y), rcond=None)[0], low, high)
+    fit = least_squares(
+        lambda w: (design @ w - y) / y,
+        x0=start,
+        bounds=(low, high),
+        loss="soft_l1",
+        f_scale=0.02,
+        xtol=1e-12,
+        ftol=1e-12,
+    )
+    scale, per_mparam, overhead = (float(v) for v in fit.x)
+    return scale, per_mparam, overhead

@@ -4,13 +4,16 @@ A table holds the measured latency of every distinct layer a space can produce (
 on one backend (`torch` on CPU or CUDA, `onnxruntime` on CPU), thread count and batch size, plus a
 calibration measured on whole subnets. A subnet's predicted latency is a gather-and-sum:
 
-    latency(arch) = overhead + scale * sum over its layers of (t(layer) - call_overhead)
+    latency(arch) = overhead + sum over its layers of
+                    (scale * (t(layer) - call_overhead) + ms_per_mparam * params(layer) / 1e6)
 
 t is the table's statistic over interleaved measurement rounds (`summarize`: by default the
 fastest round's 10th percentile, robust to other jobs on the machine; or the median).
 `call_overhead` is the measured cost of one timed call of an empty model (paid once per layer in
-the table but once per network in reality); `scale` and `overhead` are fitted by least squares on
-whole subnets measured end to end. The file is JSON lines: a header with the settings, then one
+the table but once per network in reality). `ms_per_mparam` is the cost of the weights a network
+streams from memory: a layer timed alone over and over keeps its weights in cache, in a network
+the others evict them (ResNet50's 25 M parameters are 100 MB a pass). `scale`, `ms_per_mparam`
+(>= 0) and `overhead` are fitted robustly on whole subnets measured end to end. The file is JSON lines: a header with the settings, then one
 line per measured layer and round and per calibration subnet and round, appended and fsynced as
 it is measured (a killed build resumes where it stopped), then a calibration line.
 """
@@ -77,12 +80,16 @@ class SpecChain(nn.Sequential):
 # --------------------------------------------------------------------------- the table
 @dataclass
 class Calibration:
-    """prediction = overhead_ms + scale * sum(t(layer) - call_overhead_ms), fitted on whole subnets."""
+    """prediction = overhead_ms + sum(scale * (t(layer) - call_overhead_ms) + ms_per_mparam * Mparams(layer)).
+
+    Fitted on whole subnets; a calibration line from before `ms_per_mparam` reads it as 0.
+    """
 
     call_overhead_ms: float = 0.0
     scale: float = 1.0
     overhead_ms: float = 0.0
     subnets: list[dict] = field(default_factory=list)
+    ms_per_mparam: float = 0.0
 
 
 @dataclass
@@ -187,7 +194,10 @@ class LatencyTable:
         layers = self.layers
         return LayerTable(
             space,
-            lambda spec: cal.scale * (layers[spec_key(spec)] - cal.call_overhead_ms),
+            lambda spec: (
+                cal.scale * (layers[spec_key(spec)] - cal.call_overhead_ms)
+                + cal.ms_per_mparam * spec.params / 1e6
+            ),
             cal.overhead_ms,
         )
 
@@ -251,10 +261,14 @@ def _add(table: LatencyTable, kind: str, record: dict) -> bool:
                 return False
             table.subnet_rounds.setdefault(index, {})[r] = _timing(record)
         elif kind == "calibration":
-            values = [float(record[k]) for k in ("call_overhead_ms", "scale", "overhead_ms")]
-            if not all(math.isfinite(v) for v in values) or values[1] <= 0:
+            keys = ("call_overhead_ms", "scale", "overhead_ms")
+            values = {k: float(record[k]) for k in keys}
+            values["ms_per_mparam"] = float(record.get("ms_per_mparam", 0.0))
+            if not all(math.isfinite(v) for v in values.values()):
                 return False
-            table.calibration = Calibration(*values, record["subnets"])
+            if values["scale"] <= 0 or values["ms_per_mparam"] < 0:
+                return False
+            table.calibration = Calibration(**values, subnets=record["subnets"])
         else:
             return False
     except (ValueError, KeyError, TypeError):
