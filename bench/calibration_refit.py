@@ -6,7 +6,8 @@ ways and score both on the validated subnets: the session-18 fit (Theil-Sen line
 and measured: scale + overhead) and the library's (`_fit_calibration_terms`: scale + a cost per
 parameter for the weights a network streams from memory + overhead, robust on relative errors).
 Nothing is timed, so it runs beside anything. "levelled": the predictions scaled by the table's
-drift at validation (see `ofa latency validate`).
+drift at validation (see `ofa latency validate`). A table without points is scored
+leave-one-out on its calibration subnets (each predicted by a fit on the other 11).
 
     .venv/bin/python bench/calibration_refit.py --supernet ofa_resnet50 --resolutions 128 runs/latency_grid/ofa_resnet50_*_spread.jsonl
 """
@@ -50,13 +51,21 @@ def main() -> None:
     for path in args.tables:
         table = LatencyTable.load(path)
         points = path.with_name(path.stem + "_points.json")
-        if not points.is_file():
-            print(f"{path.name}: no {points.name} (a cell measured before the grid wrote points)")
-            continue
-
         calibrated = table.calibration.subnets
         cx, cp = features(table, space, [Arch.from_dict(c["arch"]) for c in calibrated])
         cy = np.array([c["measured_ms"] for c in calibrated])
+        if not points.is_file():  # a cell from before the grid wrote points: leave-one-out on the 12
+            old, new = np.empty_like(cy), np.empty_like(cy)
+            for i in range(len(cy)):
+                keep = np.arange(len(cy)) != i
+                slope, offset = theilslopes(cy[keep], cx[keep])[:2]
+                old[i] = slope * cx[i] + offset
+                w = _fit_calibration_terms(cx[keep].tolist(), cp[keep].tolist(), cy[keep].tolist())
+                new[i] = w[0] * cx[i] + w[1] * cp[i] + w[2]
+            print(
+                f"{path.name}: leave-one-out, scale + overhead {score(old, cy)} | + weights {score(new, cy)}"
+            )
+            continue
         report = json.loads(points.read_text())
         vx, vp = features(table, space, [Arch.from_dict(a) for a in report["archs"]])
         vy, level = np.array(report["measured_ms"]), 1 + report["drift"] / 100

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> None:
             "subnet_repeats": timing[1],
             "layers": len(table.layers),
             "layer_timing": LAYER_TIMING,
+            "calibration_fit": CALIBRATION_FIT,
             "build_s": round(built, 1),
             "validate_s": round(time.perf_counter() - started - built, 1),
             **report.to_dict(),
@@ -97,6 +98,11 @@ def read(path: Path) -> list[dict]:
 # its chunk of 64, the calibration after the layers); since: every item's rounds spread over the
 # whole build, the calibration subnets timed among them.
 LAYER_TIMING = "whole build"
+
+
+# What the cell's calibration fitted. Rows before session 19's commit 206bafd: a Theil-Sen line
+# (scale + overhead); since: scale + a cost per parameter + overhead.
+CALIBRATION_FIT = "scale + weights"
 
 
 def layer_timing(row: dict) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -319,7 +320,6 @@ def _fit_calibration_terms(
     per_mparam >= 0 (weights cannot make a network faster). With fewer than 4 subnets or no
     spread in their layer sums the scale stays 1 and the overhead is the median residual.
     """
-    import numpy as np
     from scipy.optimize import least_squares
 
     x, p, y = (np.asarray(v, dtype=np.float64) for v in (sums, mparams, measured))

@@ -13,9 +13,10 @@ fastest round's 10th percentile, robust to other jobs on the machine; or the med
 the table but once per network in reality). `ms_per_mparam` is the cost of the weights a network
 streams from memory: a layer timed alone over and over keeps its weights in cache, in a network
 the others evict them (ResNet50's 25 M parameters are 100 MB a pass). `scale`, `ms_per_mparam`
-(>= 0) and `overhead` are fitted robustly on whole subnets measured end to end. The file is JSON lines: a header with the settings, then one
-line per measured layer and round and per calibration subnet and round, appended and fsynced as
-it is measured (a killed build resumes where it stopped), then a calibration line.
+(>= 0) and `overhead` are fitted robustly on whole subnets measured end to end. The file is JSON
+lines: a header with the settings, then one line per measured layer and round and per calibration
+subnet and round, appended and fsynced as it is measured (a killed build resumes where it
+stopped), then a calibration line.
 """
 
 from __future__ import annotations
