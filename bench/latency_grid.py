@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
     done = {
         (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"], subnet_timing(r))
         for r in read(args.out)
-        if layer_timing(r) == LAYER_TIMING
+        if layer_timing(r) == LAYER_TIMING and calibration_fit(r) == CALIBRATION_FIT
     }
     cells = itertools.product(args.backends.split(","), args.threads, args.batches)
     for backend, threads, batch in cells:
@@ -103,6 +103,10 @@ LAYER_TIMING = "whole build"
 # What the cell's calibration fitted. Rows before session 19's commit 206bafd: a Theil-Sen line
 # (scale + overhead); since: scale + a cost per parameter + overhead.
 CALIBRATION_FIT = "scale + weights"
+
+
+def calibration_fit(row: dict) -> str:
+    return row.get("calibration_fit", "scale + overhead")
 
 
 def layer_timing(row: dict) -> str:

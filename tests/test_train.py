@@ -311,8 +311,11 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     params = dict(
         OFAMobileNetV3(**load_supernet(tmp_path / "ddp" / "supernet.pt")[1]["build_args"]).named_parameters()
     )
+    # atol 5e-5 (was 1e-5): on a 2-core Intel Xeon the first conv (1 input channel: its gradient sums
+    # over every pixel of the batch, the longest reduction) differs by 2.0e-5 and every other tensor by
+    # <= 6.2e-6, while the two steps moved the first conv by 1.2e-2 (median tensor 1.3e-4).
     for key in params:
-        assert torch.allclose(expected[key], got[key], atol=1e-5, rtol=1e-4), key
+        assert torch.allclose(expected[key], got[key], atol=5e-5, rtol=1e-4), key
 
 
 @needs_data
