@@ -286,7 +286,7 @@ def _fit_calibration(
         {"arch": a.to_dict(), "layer_sum_ms": s, "mparams": p, "measured_ms": m}
         for a, s, p, m in zip(space.decode(population), sums, mparams, measured)
     ]
-    table.calibration = Calibration(call, scale, overhead, subnets, per_mparam)
+    table.calibration = Calibration(call, scale, overhead, subnets, ms_per_mparam=per_mparam)
     if table.path is not None:
         _append(table.path, [{"type": "calibration", **asdict(table.calibration)}])
     return table.calibration
