@@ -8,6 +8,7 @@ machine: a second job on the same cores makes every timing wrong.
     .venv/bin/python bench/latency_grid.py --supernet ofa_mbv3_fashion_mnist --n 60
     .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --backends torch --n 60
     .venv/bin/python bench/latency_grid.py --markdown                     # the table of --out
+    .venv/bin/python bench/latency_grid.py --markdown --latest            # each cell's latest row
 """
 
 from __future__ import annotations
@@ -118,20 +119,35 @@ def subnet_timing(row: dict) -> tuple[int, int]:
     return row.get("subnet_rounds", 5), row.get("subnet_repeats", 20)
 
 
+def latest(rows: list[dict]) -> list[dict]:
+    """The last row of each cell (supernet, resolutions, backend, threads, batch), in grid order: the
+    whole grid as it stands, each cell by its latest schedule and fit."""
+    last: dict[tuple, dict] = {}
+    for r in rows:
+        last[(r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"])] = r
+    return [last[k] for k in sorted(last, key=lambda k: (k[0], k[1], k[4], k[3], k[2] != "torch"))]
+
+
+def meets_goal(row: dict) -> bool:
+    """Issue #20's goal for one cell: >= 95 % of subnets within +-10 % and Spearman >= 0.95."""
+    return row["within_10"] >= 0.95 and row["spearman"] >= 0.95
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift | within ±10 % levelled |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | calibration | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift | within ±10 % levelled | goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
             f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
-            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {r['layers']} | "
+            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)} | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
             f"{r['max_error']:.1f} % | {r['spread']:.1f} % | "
             + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")
             + (f" {100 * r['within_10_levelled']:.0f} % |" if "within_10_levelled" in r else " - |")
+            + (" yes |" if meets_goal(r) else " no |")
         )
     return "\n".join(lines)
 
@@ -149,12 +165,14 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "latency_grid")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
+    parser.add_argument("--latest", action="store_true", help="only each cell's latest row, in grid order")
     args = parser.parse_args()
     if not args.markdown:
         args.folder.mkdir(parents=True, exist_ok=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         run(args)
-    print(markdown(read(args.out)))
+    rows = read(args.out)
+    print(markdown(latest(rows) if args.latest else rows))
 
 
 if __name__ == "__main__":
