@@ -3,10 +3,13 @@
 For each (backend, threads, batch) cell: build a table for the supernet's space here (or reuse the
 one in --folder), then measure --n random extracted subnets end to end and compare (as `ofa latency
 validate`). Cells are appended to --out as they finish, so a stopped grid resumes. Run it on a quiet
-machine: a second job on the same cores makes every timing wrong.
+machine: a second job on the same cores makes every timing wrong. `--recalibrate` refits the
+table's calibration (`ofa latency calibrate`) between build and validate, as the CLI tells a user
+to when validate finds that the machine has changed speed since the build; the row says so.
 
     .venv/bin/python bench/latency_grid.py --supernet ofa_mbv3_fashion_mnist --n 60
     .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --backends torch --n 60
+    .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --recalibrate --again
     .venv/bin/python bench/latency_grid.py --markdown                     # the table of --out
     .venv/bin/python bench/latency_grid.py --markdown --latest            # each cell's latest row
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from onceforall.export import extract_subnet
 from onceforall.registry import load_supernet
-from onceforall.specialize.latency_build import build_latency_table
+from onceforall.specialize.latency_build import build_latency_table, calibrate_latency_table
 from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
 
@@ -36,14 +39,19 @@ def run(args: argparse.Namespace) -> None:
     done = {
         (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"], subnet_timing(r))
         for r in read(args.out)
-        if layer_timing(r) == LAYER_TIMING and calibration_fit(r) == CALIBRATION_FIT
+        if layer_timing(r) == LAYER_TIMING
+        and calibration_fit(r) == CALIBRATION_FIT
+        and r.get("recalibrated", False) == args.recalibrate
+        and not args.again
     }
     cells = itertools.product(args.backends.split(","), args.threads, args.batches)
     for backend, threads, batch in cells:
         if (args.supernet, tuple(space.resolutions), backend, threads, batch, timing) in done:
             continue
+        tag = "_recal" if args.recalibrate else ""  # a plain cell never validates a refitted table
         table_path = (
-            args.folder / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}_spread.jsonl"
+            args.folder
+            / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}_spread{tag}.jsonl"
         )
         started = time.perf_counter()
         build_latency_table(
@@ -58,6 +66,9 @@ def run(args: argparse.Namespace) -> None:
         )
         built = time.perf_counter() - started
         table = LatencyTable.load(table_path)
+        if args.recalibrate:
+            calibrate_latency_table(table, space, progress=True)
+        recalibrated = time.perf_counter() - started - built
         report = validate_latency_table(
             table, space, args.n, subnet_fn=lambda arch: extract_subnet(net, arch), progress=True
         )
@@ -75,8 +86,10 @@ def run(args: argparse.Namespace) -> None:
             "layers": len(table.layers),
             "layer_timing": LAYER_TIMING,
             "calibration_fit": CALIBRATION_FIT,
+            "recalibrated": args.recalibrate,
             "build_s": round(built, 1),
-            "validate_s": round(time.perf_counter() - started - built, 1),
+            "recalibrate_s": round(recalibrated, 1),
+            "validate_s": round(time.perf_counter() - started - built - recalibrated, 1),
             **report.to_dict(),
         }
         with open(args.out, "a") as handle:
@@ -142,7 +155,9 @@ def markdown(rows: list[dict]) -> str:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
             f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
-            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)} | {r['layers']} | "
+            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
+            + (", refit before validate" if r.get("recalibrated") else "")
+            + f" | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
             f"{r['max_error']:.1f} % | {r['spread']:.1f} % | "
             + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")
@@ -162,6 +177,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=60, help="random subnets measured per cell")
     parser.add_argument("--subnet-rounds", type=int, default=10, help="rounds per whole subnet")
     parser.add_argument("--subnet-repeats", type=int, default=50, help="timed runs per subnet round")
+    parser.add_argument(
+        "--recalibrate", action="store_true", help="refit the calibration between build and validate"
+    )
+    parser.add_argument("--again", action="store_true", help="measure cells that --out already holds")
     parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "latency_grid")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
