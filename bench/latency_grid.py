@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
             "subnet_rounds": timing[0],
             "subnet_repeats": timing[1],
             "layers": len(table.layers),
+            "device_name": table.meta.get("device_name"),  # sessions differ in CPU: the row says which
             "layer_timing": LAYER_TIMING,
             "calibration_fit": CALIBRATION_FIT,
             "recalibrated": args.recalibrate,
@@ -132,13 +133,19 @@ def subnet_timing(row: dict) -> tuple[int, int]:
     return row.get("subnet_rounds", 5), row.get("subnet_repeats", 20)
 
 
+def cpu(row: dict) -> str:
+    """The row's CPU, short: "Intel Xeon" for "Intel(R) Xeon(R) Processor"."""
+    return row.get("device_name", "-").replace("(R)", "").replace(" Processor", "")
+
+
 def latest(rows: list[dict]) -> list[dict]:
-    """The last row of each cell (supernet, resolutions, backend, threads, batch), in grid order: the
-    whole grid as it stands, each cell by its latest schedule and fit."""
+    """The last row of each cell (CPU, supernet, resolutions, backend, threads, batch), in grid order:
+    each machine's grid as it stands, each cell by its latest schedule and fit. One grid per CPU, since
+    a cell measured on one VM says little about another (sessions 14-16 and 21 ran on a noisier one)."""
     last: dict[tuple, dict] = {}
     for r in rows:
-        last[(r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"])] = r
-    return [last[k] for k in sorted(last, key=lambda k: (k[0], k[1], k[4], k[3], k[2] != "torch"))]
+        last[(cpu(r), r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"])] = r
+    return [last[k] for k in sorted(last, key=lambda k: (k[0], k[1], k[2], k[5], k[4], k[3] != "torch"))]
 
 
 def meets_goal(row: dict) -> bool:
@@ -148,13 +155,13 @@ def meets_goal(row: dict) -> bool:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| supernet | resolutions | backend | threads | batch | layers timed | subnets timed | calibration | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift | within ±10 % levelled | goal met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU | supernet | resolutions | backend | threads | batch | layers timed | subnets timed | calibration | layers | within ±10 % | MAPE | Spearman | max error | machine spread | drift | within ±10 % levelled | goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
-            f"| `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
+            f"| {cpu(r)} | `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
             f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
             + (", refit before validate" if r.get("recalibrated") else "")
             + f" | {r['layers']} | "
@@ -185,12 +192,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
     parser.add_argument("--latest", action="store_true", help="only each cell's latest row, in grid order")
+    parser.add_argument("--cpu", default="", help="only rows whose CPU contains this, e.g. xeon")
     args = parser.parse_args()
     if not args.markdown:
         args.folder.mkdir(parents=True, exist_ok=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         run(args)
-    rows = read(args.out)
+    rows = [r for r in read(args.out) if args.cpu.lower() in cpu(r).lower()]
     print(markdown(latest(rows) if args.latest else rows))
 
 
