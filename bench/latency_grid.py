@@ -2,7 +2,8 @@
 
 For each (backend, threads, batch) cell: build a table for the supernet's space here (or reuse the
 one in --folder), then measure --n random extracted subnets end to end and compare (as `ofa latency
-validate`). Cells are appended to --out as they finish, so a stopped grid resumes. Run it on a quiet
+validate`). Cells are appended to --out as they finish, so a stopped grid resumes (cells measured
+on another CPU are measured again). Run it on a quiet
 machine: a second job on the same cores makes every timing wrong. `--recalibrate` refits the
 table's calibration (`ofa latency calibrate`) between build and validate, as the CLI tells a user
 to when validate finds that the machine has changed speed since the build; the row says so.
@@ -27,6 +28,7 @@ from onceforall.registry import load_supernet
 from onceforall.specialize.latency_build import build_latency_table, calibrate_latency_table
 from onceforall.specialize.latency_table import LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
+from onceforall.specialize.timing import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +38,12 @@ def run(args: argparse.Namespace) -> None:
     net = load_supernet(args.supernet, resolutions=resolutions).net.eval()
     space = net.search_space()
     timing = (args.subnet_rounds, args.subnet_repeats)
-    done = {
+    here = cpu({"device_name": device_name("cpu")})
+    done = {  # cells measured on this CPU (another machine's rows say nothing about this one)
         (r["supernet"], tuple(r["resolutions"]), r["backend"], r["threads"], r["batch"], subnet_timing(r))
         for r in read(args.out)
-        if layer_timing(r) == LAYER_TIMING
+        if cpu(r) == here
+        and layer_timing(r) == LAYER_TIMING
         and calibration_fit(r) == CALIBRATION_FIT
         and r.get("recalibrated", False) == args.recalibrate
         and not args.again
