@@ -191,7 +191,11 @@ def main() -> None:
     parser.add_argument(
         "--recalibrate", action="store_true", help="refit the calibration between build and validate"
     )
-    parser.add_argument("--again", action="store_true", help="measure cells that --out already holds")
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="measure cells that --out already holds (a table in --folder is still reused)",
+    )
     parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "latency_grid")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "latency_grid.jsonl")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
