@@ -6,7 +6,8 @@ validate`). Cells are appended to --out as they finish, so a stopped grid resume
 on another CPU are measured again). Run it on a quiet
 machine: a second job on the same cores makes every timing wrong. `--recalibrate` refits the
 table's calibration (`ofa latency calibrate`) between build and validate, as the CLI tells a user
-to when validate finds that the machine has changed speed since the build; the row says so.
+to when validate finds that the machine has changed speed since the build; the row says so. Each cell
+runs in a process of its own: onnxruntime's sessions of one process share one thread pool.
 
     .venv/bin/python bench/latency_grid.py --supernet ofa_mbv3_fashion_mnist --n 60
     .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --backends torch --n 60
@@ -20,6 +21,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> None:
         and layer_timing(r) == LAYER_TIMING
         and calibration_fit(r) == CALIBRATION_FIT
         and r.get("recalibrated", False) == args.recalibrate
+        and ort_pool(r) in ("-", ORT_POOL)
         and not args.again
     }
     cells = itertools.product(args.backends.split(","), args.threads, args.batches)
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> None:
             "device_name": table.meta.get("device_name"),  # sessions differ in CPU: the row says which
             "layer_timing": LAYER_TIMING,
             "calibration_fit": CALIBRATION_FIT,
+            **({"onnxruntime_pool": ORT_POOL} if backend == "onnxruntime" else {}),
             "recalibrated": args.recalibrate,
             "build_s": round(built, 1),
             "recalibrate_s": round(recalibrated, 1),
@@ -122,6 +127,15 @@ LAYER_TIMING = "whole build"
 # What the cell's calibration fitted. Rows before session 19's commit 206bafd: a Theil-Sen line
 # (scale + overhead); since: scale + a cost per parameter + overhead.
 CALIBRATION_FIT = "scale + weights"
+
+
+# How the cell's onnxruntime sessions got their threads. Rows before session 22: a pool per session,
+# whose workers competed for the second core when many sessions were alive; since: one pool per process.
+ORT_POOL = "one per process"
+
+
+def ort_pool(row: dict) -> str:
+    return row.get("onnxruntime_pool", "per session") if row["backend"] == "onnxruntime" else "-"
 
 
 def calibration_fit(row: dict) -> str:
@@ -166,7 +180,7 @@ def markdown(rows: list[dict]) -> str:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
             f"| {cpu(r)} | `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
-            f"{layer_timing(r)} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
+            f"{layer_timing(r)}{', one pool' if ort_pool(r) == ORT_POOL else ''} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
             + (", refit before validate" if r.get("recalibrated") else "")
             + f" | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
@@ -202,7 +216,13 @@ def main() -> None:
     parser.add_argument("--latest", action="store_true", help="only each cell's latest row, in grid order")
     parser.add_argument("--cpu", default="", help="only rows whose CPU contains this, e.g. xeon")
     args = parser.parse_args()
-    if not args.markdown:
+    cells = list(itertools.product(args.backends.split(","), args.threads, args.batches))
+    if not args.markdown and len(cells) > 1:
+        # one process per cell: onnxruntime sessions of a process share one thread pool of one size
+        for backend, threads, batch in cells:
+            cell = ["--backends", backend, "--threads", str(threads), "--batches", str(batch)]
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], *cell], check=True)
+    elif not args.markdown:
         args.folder.mkdir(parents=True, exist_ok=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         run(args)

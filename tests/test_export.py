@@ -124,10 +124,35 @@ def test_a_wrong_export_raises_with_the_measured_difference(tiny, tmp_path, monk
             return [y + 1e-3 for y in self.session.run(names, feed)]
 
     real = export.ort_session
-    monkeypatch.setattr(export, "ort_session", lambda data, threads=1: Off(data))
+    monkeypatch.setattr(export, "ort_session", lambda data, threads=None: Off(data))
     with pytest.raises(ExportError, match=r"max abs diff 1\.0\d*e-03 .* exceeds 1\.0e-04"):
         export_onnx(tiny, (1, 1, 8, 8), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()  # nothing written when the check fails
+
+
+def test_onnxruntime_sessions_of_a_process_share_the_pool_its_first_made(tiny):
+    # a fresh interpreter: the pool is made once per process, by its first session
+    code = textwrap.dedent(
+        """
+        import torch
+        from onceforall.errors import ExportError
+        from onceforall.export import onnx_bytes, ort_session
+        data = onnx_bytes(torch.nn.Conv2d(1, 4, 3), torch.randn(1, 1, 8, 8), dynamic_batch=False)
+        feed = {"input": torch.randn(1, 1, 8, 8).numpy()}
+        ort_session(data, 2).run(None, feed)
+        ort_session(data, 2).run(None, feed)
+        print(ort_session(data).run(None, feed)[0].shape)  # any pool: an export's check
+        try:
+            ort_session(data, 1)
+        except ExportError as error:
+            print(error)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, error = done.stdout.strip().splitlines()
+    assert shape == "(1, 4, 6, 6)"
+    assert "made it with 2 thread(s), so 1 cannot be timed here" in error and "separate process" in error
 
 
 def test_unknown_format_is_refused(tiny, tmp_path):

@@ -69,13 +69,33 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = Tr
     return buffer.getvalue()
 
 
-def ort_session(model: bytes | str | Path, threads: int = 1):
-    """An onnxruntime CPU InferenceSession with `threads` intra-op threads and all graph optimisations."""
+# The intra-op size of this process's one onnxruntime thread pool, once the first session made it.
+_ORT_POOL: list[int] = []
+
+
+def ort_session(model: bytes | str | Path, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession with all graph optimisations, on the process's thread pool.
+
+    Every session of a process shares one intra-op thread pool, made by its first session with
+    `threads` threads (None: any pool; 1 when it makes it). With a pool per session, the worker
+    threads of the other sessions alive took the second core so often that a 2-thread layer timed
+    among a table's others ran at its 1-thread speed in about half its rounds, a different half for
+    each layer (2 vCPUs, session 22): what a deployed model, one session, does not see. A session
+    asking another thread count than the pool's raises ExportError: time it in another process.
+    """
     import onnxruntime as ort
 
+    if not _ORT_POOL:
+        ort.set_global_thread_pool_sizes(threads or 1, 1)
+        _ORT_POOL.append(threads or 1)
+    if threads is not None and threads != _ORT_POOL[0]:
+        raise ExportError(
+            f"onnxruntime sessions of one process share one thread pool; this process made it with "
+            f"{_ORT_POOL[0]} thread(s), so {threads} cannot be timed here: run it in a separate process "
+            "(each `ofa` command is one)"
+        )
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options.use_per_session_threads = False  # the process's pool: its size is set there, not here
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
