@@ -180,7 +180,8 @@ def markdown(rows: list[dict]) -> str:
         res = ",".join(map(str, r["resolutions"]))
         lines.append(
             f"| {cpu(r)} | `{r['supernet']}` | {res} | {r['backend']} | {r['threads']} | {r['batch']} | "
-            f"{layer_timing(r)}{', one pool' if ort_pool(r) == ORT_POOL else ''} | {'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
+            f"{layer_timing(r)}{', one pool' if ort_pool(r) == ORT_POOL else ''} | "
+            f"{'{} x {}'.format(*subnet_timing(r))} | {calibration_fit(r)}"
             + (", refit before validate" if r.get("recalibrated") else "")
             + f" | {r['layers']} | "
             f"**{100 * r['within_10']:.0f} %** | {r['mape']:.1f} % | {r['spearman']:.3f} | "
@@ -221,7 +222,9 @@ def main() -> None:
         # one process per cell: onnxruntime sessions of a process share one thread pool of one size
         for backend, threads, batch in cells:
             cell = ["--backends", backend, "--threads", str(threads), "--batches", str(batch)]
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], *cell], check=True)
+            done = subprocess.run([sys.executable, __file__, *sys.argv[1:], *cell])
+            if done.returncode:
+                sys.exit(done.returncode)  # the cell's own error is above
     elif not args.markdown:
         args.folder.mkdir(parents=True, exist_ok=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

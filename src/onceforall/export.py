@@ -77,10 +77,10 @@ def ort_session(model: bytes | str | Path, threads: int | None = None):
     """An onnxruntime CPU InferenceSession with all graph optimisations, on the process's thread pool.
 
     Every session of a process shares one intra-op thread pool, made by its first session with
-    `threads` threads (None: any pool; 1 when it makes it). With a pool per session, the worker
-    threads of the other sessions alive took the second core so often that a 2-thread layer timed
-    among a table's others ran at its 1-thread speed in about half its rounds, a different half for
-    each layer (2 vCPUs, session 22): what a deployed model, one session, does not see. A session
+    `threads` threads (None: any pool; 1 when it makes it). With a pool per session and a table's
+    hundreds of sessions alive, a 2-thread layer ran at its 1-thread speed in about half its rounds,
+    a different half for each layer (2 vCPUs, session 22), which a deployed model, one session
+    alone, does not see; with one pool for all, the sessions' rounds agreed. A session
     asking another thread count than the pool's raises ExportError: time it in another process.
     """
     import onnxruntime as ort
