@@ -129,8 +129,8 @@ LAYER_TIMING = "whole build"
 CALIBRATION_FIT = "scale + weights"
 
 
-# How the cell's onnxruntime sessions got their threads. Rows before session 22: a pool per session,
-# whose workers competed for the second core when many sessions were alive; since: one pool per process.
+# How the cell's onnxruntime sessions got their threads. Rows before session 22: a pool per session (with
+# many sessions alive, 2-thread rounds often ran at 1-thread speed); since: one pool per process.
 ORT_POOL = "one per process"
 
 

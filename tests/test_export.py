@@ -130,7 +130,7 @@ def test_a_wrong_export_raises_with_the_measured_difference(tiny, tmp_path, monk
     assert not (tmp_path / "bad.onnx").exists()  # nothing written when the check fails
 
 
-def test_onnxruntime_sessions_of_a_process_share_the_pool_its_first_made(tiny):
+def test_onnxruntime_sessions_of_a_process_share_the_pool_its_first_made():
     # a fresh interpreter: the pool is made once per process, by its first session
     code = textwrap.dedent(
         """
