@@ -57,9 +57,10 @@ def run(args: argparse.Namespace) -> None:
         if (args.supernet, tuple(space.resolutions), backend, threads, batch, timing) in done:
             continue
         tag = "_recal" if args.recalibrate else ""  # a plain cell never validates a refitted table
+        res = "-".join(map(str, space.resolutions))  # the space's name does not say its resolutions
         table_path = (
             args.folder
-            / f"{space.name}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}_spread{tag}.jsonl"
+            / f"{space.name}_r{res}_{backend}_{threads}t_b{batch}_s{timing[0]}x{timing[1]}_spread{tag}.jsonl"
         )
         started = time.perf_counter()
         build_latency_table(
