@@ -96,6 +96,7 @@ def specialize(
     progress: bool = True,
     max_rounds: int = 3,
     generations: int = 500,
+    name: str | None = None,
 ) -> list[Specialized]:
     """Search, extract, recalibrate and score one subnet per budget, time them, re-search the ones over
     budget, then export each budget's choice into `out` with results.json, report.md and pareto.png.
@@ -108,6 +109,7 @@ def specialize(
     (noise only ever adds time). A budget's choice is its candidate with
     the best predicted accuracy among those measured within it, else the fastest one. Nothing is
     exported before the choice, so a budget's folder always holds the subnet its report row names.
+    `name` (e.g. the registry id a user typed) titles report.md and pareto.png beside the space's name.
     """
     out = Path(out)
     net = evaluator.net
@@ -177,8 +179,9 @@ def specialize(
         results = [_export(_choose(cands), out, formats) for cands in tried]
         bar.advance(task)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
-    pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=space.name)
-    write_text_atomic(report(results, table, space.name, clamped=pareto.clamped), out / "report.md")
+    title = space.name if name in (None, space.name) else f"{name} ({space.name})"
+    pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=title)
+    write_text_atomic(report(results, table, title, clamped=pareto.clamped), out / "report.md")
     return results
 
 
@@ -220,7 +223,7 @@ def _export(chosen: _Candidate, out: Path, formats: tuple[str, ...]) -> Speciali
 EXTRAPOLATED = "†"  # marks a predicted top-1 above 100 % (or below 0 %) in report.md
 
 
-def report(results: list[Specialized], table: LatencyTable, space: str, *, clamped: int = 0) -> str:
+def report(results: list[Specialized], table: LatencyTable, title: str, *, clamped: int = 0) -> str:
     """report.md: the per-budget table, the Pareto plot, and footnotes for impossible predictions.
 
     A predicted top-1 outside 0–100 % is the predictor extrapolating beyond its training data: its
@@ -234,7 +237,7 @@ def report(results: list[Specialized], table: LatencyTable, space: str, *, clamp
     columns += ["predicted held-out top-1", "test top-1"]
     columns += ["fine-tuned top-1"] * tuned + ["MACs (M)", "params (M)", "R"]
     lines = [
-        f"# Specialized subnets of `{space}`",
+        f"# Specialized subnets of {title}",
         "",
         f"Backend {m['backend']} on {m['device_name']}, {m['threads']} thread(s), batch {m['batch_size']}.",
         "",
