@@ -243,6 +243,65 @@ def test_calibration_subnets_are_timed_across_the_whole_build(space, tmp_path):
     assert sum(layer_runs) == 2 * n_specs and max(layer_runs) - min(layer_runs) <= 2
 
 
+class SlowSpells(FakeBackend):
+    """Whole subnets run `factors[r]` times slower in calibration round r; subnet 0 also 3x in round 0."""
+
+    def __init__(self, factors: list[float]):
+        super().__init__()
+        self.factors, self.subnets = factors, 0
+
+    def __call__(self, module, shape):
+        timer = super().__call__(module, shape)
+        if not isinstance(module, SpecChain):
+            return timer
+        index, calls = self.subnets, []
+        self.subnets += 1
+
+        def slowed() -> Timing:
+            t = timer()
+            factor = self.factors[len(calls)] * (3 if index == 0 and not calls else 1)
+            calls.append(1)
+            return Timing(*(factor * v for v in (t.median_ms, t.p10_ms, t.p90_ms)), t.repeats)
+
+        return slowed
+
+
+def test_build_slowdown_is_the_machines_speed_at_each_calibration_round(space, tmp_path):
+    path = tmp_path / "t.jsonl"
+    table = build_latency_table(
+        space, path, subnet_rounds=3, calibration_subnets=4, measure=SlowSpells([1, 1.5, 1.1])
+    )
+    # the median over the 6 subnets: one subnet's own slow round does not move it
+    assert table.build_slowdown() == pytest.approx([0.0, 50.0, 10.0], abs=1e-9)
+    assert LatencyTable.load(path).build_slowdown() == pytest.approx([0.0, 50.0, 10.0], abs=1e-9)
+    shard = build_latency_table(space, tmp_path / "s.jsonl", shard=(0, 2), measure=FakeBackend())
+    assert shard.build_slowdown() == []  # no calibration rounds to tell
+
+
+def test_latency_build_warns_when_the_machine_changed_speed(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import onceforall.cli.latency as cli
+    from onceforall.cli import app
+
+    def built(factors):
+        def build(*args, **kwargs):
+            return build_latency_table(*args, **{**kwargs, "measure": SlowSpells(factors)})
+
+        return build
+
+    args = ["latency", "build", "--supernet", "ofa_mbv3_small", "--resolutions", "24", "--subnet-rounds", "3"]
+    monkeypatch.setattr(cli, "build_latency_table", built([1, 1.2, 1.06]))
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "slow.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "calibration subnets ran a median 6 % (at worst 20 %) slower than their fastest round" in text
+    assert json.loads(result.output.strip().splitlines()[-1])["slowdown_pct"] == pytest.approx([0, 20, 6])
+    monkeypatch.setattr(cli, "build_latency_table", built([1, 1.2, 1.04]))  # a median of 4 %: no warning
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "quiet.jsonl")])
+    assert result.exit_code == 0 and "warning" not in result.output
+
+
 def test_shards_measure_disjoint_parts_and_merge(space, tmp_path):
     fakes = [FakeBackend(), FakeBackend()]
     paths = [tmp_path / f"s{r}.jsonl" for r in range(2)]

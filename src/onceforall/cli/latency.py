@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,12 @@ from onceforall.specialize.latency_build import (
 from onceforall.specialize.latency_table import Calibration, LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import current_settings
+
+# A build whose calibration rounds ran a median this much (%) slower than their fastest gets a warning.
+# Measured on a 2-core VM: 1.4-2.1 % for its quietest builds; 7-42 % for builds through slow spells,
+# some of whose tables still validated at 100 % (each layer's fastest round survives a spell) and some
+# not, e.g. a `make demo` table at 13 %: 90 % within +-10 %, the machine's own spread 9.9 %.
+SLOW_BUILD_PCT = 5.0
 
 
 def _fitted(c: Calibration) -> dict[str, float]:
@@ -97,7 +104,17 @@ def latency_build(
     summary = {"path": str(path), "layers": len(table.layers), "meta": table.meta}
     if table.calibration is not None:
         summary["calibration"] = _fitted(table.calibration)
+    slowdown = table.build_slowdown()
+    summary["slowdown_pct"] = slowdown
     say(f"latency table {path}: {len(table.layers)} layers measured", as_json)
+    if slowdown and statistics.median(slowdown) > SLOW_BUILD_PCT:
+        say(
+            f"warning: the machine changed speed during the build: its calibration subnets ran a median "
+            f"{statistics.median(slowdown):.0f} % (at worst {max(slowdown):.0f} %) slower than their fastest "
+            "round; the table keeps each layer's fastest round, so it may still predict: check it with "
+            f"`ofa latency validate --table {path}` (same --supernet), on a machine with nothing else running",
+            as_json,
+        )
     if as_json:
         emit(summary)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -166,6 +167,27 @@ class LatencyTable:
         n = self.meta.get("rounds", 1)
         stat = self.statistic
         return {k: summarize(list(r.values()), stat) for k, r in self.rounds.items() if len(r) >= n}
+
+    def build_slowdown(self) -> list[float]:
+        """How much slower (%) the machine ran at each calibration round of the build than at its fastest.
+
+        The build times its calibration subnets at `subnet_rounds` even points of its schedule: per
+        round, the median over the subnets of (that round / the subnet's fastest round) - 1. About 0
+        throughout on a quiet machine; a shared VM's slow spells show as the rounds they fell in. The
+        table keeps every item's fastest round, so a table built through spells can still predict,
+        but only `validate` can tell. Empty when the table has no complete calibration rounds (a
+        shard, a merge).
+        """
+        stat = self.statistic
+        per_subnet = [
+            {r: summarize([t], stat) for r, t in rounds.items()} for rounds in self.subnet_rounds.values()
+        ]
+        common = set.intersection(*(set(v) for v in per_subnet)) if per_subnet else set()
+        fastest = [min(v.values()) for v in per_subnet]
+        return [
+            100 * (statistics.median(v[r] / f for v, f in zip(per_subnet, fastest)) - 1)
+            for r in sorted(common)
+        ]
 
     # ----------------------------------------------------------------- predicting
     def missing(self, space: SearchSpace) -> list[LayerSpec]:
