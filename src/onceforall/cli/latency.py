@@ -35,7 +35,7 @@ from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import current_settings
 
 # A build whose calibration rounds ran a median this much (%) slower than their fastest gets a warning.
-# Measured on a 2-core VM: 1.4-2.1 % for its quietest builds; 7-42 % for builds through slow spells,
+# Measured on a 2-core VM: 1.1-1.9 % for its quietest builds; 6-42 % for builds through slow spells,
 # some of whose tables still validated at 100 % (each layer's fastest round survives a spell) and some
 # not, e.g. a `make demo` table at 13 %: 90 % within +-10 %, the machine's own spread 9.9 %.
 SLOW_BUILD_PCT = 5.0
