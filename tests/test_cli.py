@@ -63,7 +63,7 @@ def test_specialize_spreads_three_budgets_by_default(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("budget_*")) == sorted(f"budget_{b:g}ms" for b in budgets)
     assert "specialized subnets" in result.output and "report.md" in result.output
     title = (tmp_path / "report.md").read_text().splitlines()[0]  # names the file the user gave
-    assert title == f"# Specialized subnets of {tiny['supernet']} ({space.name})"
+    assert title == f"# Specialized subnets of `{tiny['supernet']}` (`{space.name}`)"
 
 
 @needs_data

@@ -78,7 +78,7 @@ def test_specialize_one_budget_end_to_end(tmp_path: Path):
     assert {p.name for p in folder.iterdir()} == {"model.onnx", "arch.json"}
     assert json.loads((tmp_path / "out" / "results.json").read_text())[0]["arch"] == result.arch
     report = (tmp_path / "out" / "report.md").read_text()
-    assert report.startswith(f"# Specialized subnets of my_supernet ({space.name})\n")
+    assert report.startswith(f"# Specialized subnets of `my_supernet` (`{space.name}`)\n")
     assert f"| {budget:g} | {result.predicted_ms:.2f} |" in report
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
 

@@ -183,6 +183,8 @@ def test_plot_pareto_samples_the_space_and_writes_a_png(tmp_path: Path):
 def test_report_flags_predictions_above_100_percent():
     table = table_meta("AMD EPYC")
     plain = report(demo_results(), table, SPACE)
+    assert plain.startswith(f"# Specialized subnets of `{SPACE}`\n")
+    assert report(demo_results(), table, SPACE, SPACE) == plain  # an official id is its space's name
     assert "extrapolation" not in plain and "†" not in plain
     assert "| 4 | 3.93 | 4.21 | **no: +0.21 ms** | 1 | 93.76 | 92.86 |" in plain  # 4.21 ms is over 4
 

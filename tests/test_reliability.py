@@ -423,7 +423,7 @@ def test_specialize_refuses_a_folder_with_the_users_own_report(tmp_path):
     with pytest.raises(OFAError, match=r"did not write \(\['report.md'\]\)"):
         claim_output(tmp_path)
     assert (tmp_path / "report.md").read_text() == "my report\n"
-    (tmp_path / "report.md").write_text("# Specialized subnets of x (y)\n")  # an earlier run's: cleared
+    (tmp_path / "report.md").write_text("# Specialized subnets of `x` (`y`)\n")  # an earlier run's: cleared
     (tmp_path / "budget_3ms").mkdir()
     (tmp_path / "budget_3ms" / "arch.json").write_text("{}")
     (tmp_path / "budget_notes").mkdir()  # not an export of ours (no arch.json): refused

@@ -105,14 +105,15 @@ def latency_build(
     if table.calibration is not None:
         summary["calibration"] = _fitted(table.calibration)
     slowdown = table.build_slowdown()
-    summary["slowdown_pct"] = slowdown
+    summary["slowdown_pct"] = [round(x, 2) for x in slowdown]
     say(f"latency table {path}: {len(table.layers)} layers measured", as_json)
     if slowdown and statistics.median(slowdown) > SLOW_BUILD_PCT:
+        again = f"--supernet {supernet}" + (f" --resolutions {resolutions}" if resolutions else "")
         say(
             f"warning: the machine changed speed during the build: its calibration subnets ran a median "
-            f"{statistics.median(slowdown):.0f} % (at worst {max(slowdown):.0f} %) slower than their fastest "
+            f"{statistics.median(slowdown):.1f} % (at worst {max(slowdown):.1f} %) slower than their fastest "
             "round; the table keeps each layer's fastest round, so it may still predict: check it with "
-            f"`ofa latency validate --table {path}` (same --supernet), on a machine with nothing else running",
+            f"`ofa latency validate {again} --table {path}` on a machine with nothing else running",
             as_json,
         )
     if as_json:

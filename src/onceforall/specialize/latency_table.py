@@ -175,19 +175,23 @@ class LatencyTable:
         round, the median over the subnets of (that round / the subnet's fastest round) - 1. About 0
         throughout on a quiet machine; a shared VM's slow spells show as the rounds they fell in. The
         table keeps every item's fastest round, so a table built through spells can still predict,
-        but only `validate` can tell. Empty when the table has no complete calibration rounds (a
-        shard, a merge).
+        but only `validate` can tell. Rounds not every subnet has (an unfinished build) and subnets
+        timed at 0 ms are left out; empty when nothing is left (a shard, a merge). Tables built before
+        the calibration rounds were spread over the build (December 2026, commit b174227) timed them
+        back to back at its end: their numbers cover that last minute only.
         """
         stat = self.statistic
         per_subnet = [
             {r: summarize([t], stat) for r, t in rounds.items()} for rounds in self.subnet_rounds.values()
         ]
-        common = set.intersection(*(set(v) for v in per_subnet)) if per_subnet else set()
-        fastest = [min(v.values()) for v in per_subnet]
-        return [
-            100 * (statistics.median(v[r] / f for v, f in zip(per_subnet, fastest)) - 1)
-            for r in sorted(common)
-        ]
+        common = sorted(set.intersection(*(set(v) for v in per_subnet))) if per_subnet else []
+        slowdowns: list[list[float]] = [[] for _ in common]
+        for v in per_subnet:
+            fastest = min((v[r] for r in common), default=0.0)
+            if fastest > 0:
+                for row, r in zip(slowdowns, common):
+                    row.append(v[r] / fastest - 1)
+        return [100 * statistics.median(row) for row in slowdowns if row]
 
     # ----------------------------------------------------------------- predicting
     def missing(self, space: SearchSpace) -> list[LayerSpec]:

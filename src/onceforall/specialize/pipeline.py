@@ -179,9 +179,9 @@ def specialize(
         results = [_export(_choose(cands), out, formats) for cands in tried]
         bar.advance(task)
     write_json_atomic([asdict(r) for r in results], out / "results.json")
-    title = space.name if name in (None, space.name) else f"{name} ({space.name})"
+    title = supernet_title(space.name, name)
     pareto = plot_pareto(results, space, predict, latency, out / "pareto.png", seed, title=title)
-    write_text_atomic(report(results, table, title, clamped=pareto.clamped), out / "report.md")
+    write_text_atomic(report(results, table, space.name, name, clamped=pareto.clamped), out / "report.md")
     return results
 
 
@@ -223,7 +223,17 @@ def _export(chosen: _Candidate, out: Path, formats: tuple[str, ...]) -> Speciali
 EXTRAPOLATED = "†"  # marks a predicted top-1 above 100 % (or below 0 %) in report.md
 
 
-def report(results: list[Specialized], table: LatencyTable, title: str, *, clamped: int = 0) -> str:
+def supernet_title(space: str, name: str | None, quote: str = "") -> str:
+    """The supernet as the user named it beside its space's name (once when they are the same);
+    `quote` marks each name (a backtick for markdown, where `_` and `*` in a path would be emphasis)."""
+    if name in (None, space):
+        return f"{quote}{space}{quote}"
+    return f"{quote}{name}{quote} ({quote}{space}{quote})"
+
+
+def report(
+    results: list[Specialized], table: LatencyTable, space: str, name: str | None = None, *, clamped: int = 0
+) -> str:
     """report.md: the per-budget table, the Pareto plot, and footnotes for impossible predictions.
 
     A predicted top-1 outside 0–100 % is the predictor extrapolating beyond its training data: its
@@ -237,7 +247,7 @@ def report(results: list[Specialized], table: LatencyTable, title: str, *, clamp
     columns += ["predicted held-out top-1", "test top-1"]
     columns += ["fine-tuned top-1"] * tuned + ["MACs (M)", "params (M)", "R"]
     lines = [
-        f"# Specialized subnets of {title}",
+        f"# Specialized subnets of {supernet_title(space, name, '`')}",
         "",
         f"Backend {m['backend']} on {m['device_name']}, {m['threads']} thread(s), batch {m['batch_size']}.",
         "",

@@ -194,5 +194,6 @@ def specialize_supernet(
         formats=formats,
         max_rounds=max_searches,
         generations=generations,
-        name=loaded.info.get("net_id") or loaded.info.get("source"),  # what the user typed
+        name=loaded.info.get("net_id")
+        or loaded.info.get("source"),  # registry id (given or recognised), else the file
     )
