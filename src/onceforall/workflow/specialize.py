@@ -183,6 +183,8 @@ def specialize_supernet(
     if finetune_epochs:
         loader = training_loader(source, device, seed)
         tune = distilling_finetuner(evaluator, loader, finetune_epochs, finetune_lr, seed)
+    # report.md's title: the registry id (given or recognised from the file), else the file itself
+    name = loaded.info.get("net_id") or loaded.info.get("source")
     return run_pipeline(
         evaluator,
         accuracy_model,
@@ -194,6 +196,5 @@ def specialize_supernet(
         formats=formats,
         max_rounds=max_searches,
         generations=generations,
-        name=loaded.info.get("net_id")
-        or loaded.info.get("source"),  # registry id (given or recognised), else the file
+        name=name,
     )
