@@ -309,6 +309,31 @@ def test_latency_build_warns_when_the_machine_changed_speed(monkeypatch, tmp_pat
     assert result.exit_code == 0 and "warning" not in result.output
 
 
+def test_specialize_warns_when_the_table_it_built_was_measured_through_a_slow_spell(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import onceforall.workflow.specialize as workflow
+    from onceforall.cli import app
+
+    def build(*args, **kwargs):
+        return build_latency_table(
+            *args, **{**kwargs, "subnet_rounds": 3, "measure": SlowSpells([1, 1.2, 1.06])}
+        )
+
+    monkeypatch.setattr(workflow, "build_latency_table", build)
+    table = tmp_path / "t.jsonl"
+    args = ["specialize", "--supernet", "ofa_mbv3_fashion_mnist", "--table", str(table), "--budgets", "1us"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    # the warning comes once the table is built, before the (here impossible) budget stops the run
+    assert result.exit_code == 2 and table.is_file() and not (tmp_path / "out").exists()
+    output = " ".join(result.output.split())
+    assert "warning: the machine changed speed while the latency table was measured" in output
+    assert "a median 6.0 % (at worst 20.0 %) slower than their fastest round" in output
+    check = f"`ofa latency validate --supernet ofa_mbv3_fashion_mnist --resolutions 20,24,28 --table {table}`"
+    assert check in output
+    assert "error:" in output
+
+
 def test_shards_measure_disjoint_parts_and_merge(space, tmp_path):
     fakes = [FakeBackend(), FakeBackend()]
     paths = [tmp_path / f"s{r}.jsonl" for r in range(2)]

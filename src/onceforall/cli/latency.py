@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import statistics
 from pathlib import Path
 from typing import Annotated
 
@@ -33,12 +32,6 @@ from onceforall.specialize.latency_build import (
 from onceforall.specialize.latency_table import Calibration, LatencyTable
 from onceforall.specialize.latency_validate import validate_latency_table
 from onceforall.specialize.timing import current_settings
-
-# A build whose calibration rounds ran a median this much (%) slower than their fastest gets a warning.
-# Measured on a 2-core VM: 1.1-1.9 % for its quietest builds; 6-42 % for builds through slow spells,
-# some of whose tables still validated at 100 % (each layer's fastest round survives a spell) and some
-# not, e.g. a `make demo` table at 13 %: 90 % within +-10 %, the machine's own spread 9.9 %.
-SLOW_BUILD_PCT = 5.0
 
 
 def _fitted(c: Calibration) -> dict[str, float]:
@@ -107,15 +100,10 @@ def latency_build(
     slowdown = table.build_slowdown()
     summary["slowdown_pct"] = [round(x, 2) for x in slowdown]
     say(f"latency table {path}: {len(table.layers)} layers measured", as_json)
-    if slowdown and statistics.median(slowdown) > SLOW_BUILD_PCT:
-        again = f"--supernet {supernet}" + (f" --resolutions {resolutions}" if resolutions else "")
-        say(
-            f"warning: the machine changed speed during the build: its calibration subnets ran a median "
-            f"{statistics.median(slowdown):.1f} % (at worst {max(slowdown):.1f} %) slower than their fastest "
-            "round; the table keeps each layer's fastest round, so it may still predict: check it with "
-            f"`ofa latency validate {again} --table {path}` on a machine with nothing else running",
-            as_json,
-        )
+    again = f"--supernet {supernet}" + (f" --resolutions {resolutions}" if resolutions else "")
+    warning = table.build_warning(f"ofa latency validate {again} --table {path}")
+    if warning:
+        say(f"warning: {warning}", as_json)
     if as_json:
         emit(summary)
 

@@ -42,6 +42,11 @@ from onceforall.specialize.timing import VERSION_KEYS, Timing, summarize
 
 FORMAT = "onceforall.latency_table"
 VERSION = 1
+# A build whose calibration rounds ran a median this much (%) slower than their fastest gets a warning.
+# Measured on a 2-core VM: 1.1-1.9 % for its quietest builds; 6-42 % for builds through slow spells,
+# some of whose tables still validated at 100 % (each layer's fastest round survives a spell) and some
+# not, e.g. a `make demo` table at 13 %: 90 % within +-10 %, the machine's own spread 9.9 %.
+SLOW_BUILD_PCT = 5.0
 
 
 # --------------------------------------------------------------------------- specs and subnets
@@ -192,6 +197,24 @@ class LatencyTable:
                 for row, r in zip(slowdowns, common):
                     row.append(v[r] / fastest - 1)
         return [100 * statistics.median(row) for row in slowdowns if row]
+
+    def build_warning(self, check: str) -> str | None:
+        """What to tell the user when the machine changed speed during the build (None when it held).
+
+        `check` is the whole `ofa latency validate ...` command for this table (the caller knows
+        the supernet's options). The warning says "check it", not "it is wrong": a table keeps each
+        layer's fastest round, and some tables built through slow spells validate at 100 %.
+        """
+        slowdown = self.build_slowdown()
+        if not slowdown or statistics.median(slowdown) <= SLOW_BUILD_PCT:
+            return None
+        return (
+            "the machine changed speed while the latency table was measured: its calibration subnets "
+            f"ran a median {statistics.median(slowdown):.1f} % (at worst "
+            f"{max(slowdown):.1f} %) slower than their fastest round; the table keeps each layer's "
+            f"fastest round, so it may still predict: check it with `{check}` on a machine with nothing "
+            "else running"
+        )
 
     # ----------------------------------------------------------------- predicting
     def missing(self, space: SearchSpace) -> list[LayerSpec]:

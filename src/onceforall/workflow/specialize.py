@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 from onceforall.arch import SearchSpace
@@ -168,10 +169,19 @@ def specialize_supernet(
     """
     space = loaded.net.search_space()
     accuracy_model = load_predictor(loaded, predictor, space)
+    # report.md's title: the registry id (given or recognised from the file), else the file itself
+    name = loaded.info.get("net_id") or loaded.info.get("source")
     if table.is_file():
         latency = LatencyTable.load(table, expect=current_settings(backend, "cpu", threads, 1))
     else:
         latency = build_latency_table(space, table, backend=backend, threads=threads, progress=True)
+        resolutions = ",".join(map(str, space.resolutions))
+        check = f"ofa latency validate --supernet {name} --resolutions {resolutions} --table {table}"
+        warning = latency.build_warning(check)
+        # the chosen subnets are measured end to end all the same, but a table off by a spell's
+        # slowdown costs searches again (or a budget missed), so the user hears of it now
+        if warning:
+            warnings.warn(warning, stacklevel=2)
     latency_model = latency.model(space)
     budgets_ms = budgets_ms or spread_budgets(latency_model, space)
     check_budgets(space, latency_model, budgets_ms)
@@ -183,8 +193,6 @@ def specialize_supernet(
     if finetune_epochs:
         loader = training_loader(source, device, seed)
         tune = distilling_finetuner(evaluator, loader, finetune_epochs, finetune_lr, seed)
-    # report.md's title: the registry id (given or recognised from the file), else the file itself
-    name = loaded.info.get("net_id") or loaded.info.get("source")
     return run_pipeline(
         evaluator,
         accuracy_model,
