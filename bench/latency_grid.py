@@ -14,6 +14,7 @@ runs in a process of its own: onnxruntime's sessions of one process share one th
     .venv/bin/python bench/latency_grid.py --supernet ofa_resnet50 --resolutions 128 --recalibrate --again
     .venv/bin/python bench/latency_grid.py --markdown                     # the table of --out
     .venv/bin/python bench/latency_grid.py --markdown --latest            # each cell's latest row
+    .venv/bin/python bench/latency_grid.py --markdown --summary           # each cell: runs, met, a row
 """
 
 from __future__ import annotations
@@ -194,6 +195,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """One line per cell of the issue's grid (supernet, backend, threads, batch), over every machine and
+    resolution: how many runs it had, how many met the goal, and the latest that met (else the latest)."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["supernet"], r["batch"], r["threads"], r["backend"] != "torch"), []).append(r)
+    lines = [
+        "| supernet | backend | threads | batch | runs | met | shown: CPU | resolutions | within ±10 % | MAPE | Spearman | machine spread | drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(cells):
+        runs = cells[key]
+        met = [r for r in runs if meets_goal(r)]
+        r = (met or runs)[-1]
+        lines.append(
+            f"| `{r['supernet']}` | {r['backend']} | {r['threads']} | {r['batch']} | {len(runs)} | "
+            f"**{len(met)}** | {cpu(r)} | {','.join(map(str, r['resolutions']))} | "
+            f"{100 * r['within_10']:.0f} % | {r['mape']:.1f} % | {r['spearman']:.3f} | {r['spread']:.1f} % | "
+            + (f"{r['drift']:+.1f} % |" if "drift" in r else "- |")
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supernet", default="ofa_mbv3_fashion_mnist")
@@ -217,6 +241,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the table of --out")
     parser.add_argument("--latest", action="store_true", help="only each cell's latest row, in grid order")
     parser.add_argument("--cpu", default="", help="only rows whose CPU contains this, e.g. xeon")
+    parser.add_argument(
+        "--summary", action="store_true", help="with --markdown: one line per cell, over machines and runs"
+    )
     args = parser.parse_args()
     cells = list(itertools.product(args.backends.split(","), args.threads, args.batches))
     if not args.markdown and len(cells) > 1:
@@ -231,7 +258,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         run(args)
     rows = [r for r in read(args.out) if args.cpu.lower() in cpu(r).lower()]
-    print(markdown(latest(rows) if args.latest else rows))
+    print(summary(rows) if args.summary else markdown(latest(rows) if args.latest else rows))
 
 
 if __name__ == "__main__":
