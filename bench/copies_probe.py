@@ -3,10 +3,11 @@
 Loads a built table and times --n random extracted subnets (the ones `ofa latency validate
 --seed 1` draws) three times each, as separate items of one interleaved schedule like validate's:
 copies A and B next to each other (the same second of every round), copy C far from them (later
-in the same round, 60-120 subnets on at --n 60). Each copy is prepared on its own (its own export
-and onnxruntime session). Prints how far the copies disagree (sd of log ratio) and how much the table's error on one copy repeats on
-another (correlation of log(measured / predicted)). An error that belongs to the subnet repeats on
-every copy; one that belongs to the moment repeats on A and B only.
+in the same round, 60-120 subnets on at --n 60). Each copy is prepared on its own (extracted, and
+for onnxruntime exported and opened in a session of its own). Prints how far the copies disagree
+(sd of log ratio) and how much the table's error on one copy repeats on another (correlation of
+log(measured / predicted)). An error that belongs to the subnet repeats on every copy; one that
+belongs to the moment repeats on A and B only.
 
     .venv/bin/python bench/copies_probe.py runs/latency_grid/ofa_mbv3_d234_e346_k357_w1.0_r160_onnxruntime_2t_b1_s10x20_spread_recal.jsonl \\
         --supernet ofa_mbv3_d234_e346_k357_w1.0 --resolutions 160 --n 60
@@ -49,7 +50,7 @@ def main() -> None:
         ((lambda a=a: extract_subnet(net, a)), chain)
         for a, chain in zip(space.decode(population), subnet_specs(space, population))
     ]
-    # A and B side by side, then every C: C is timed half a round after its A and B
+    # A and B side by side, then every C: each C is timed later in the round than its A and B
     items = [s for s in subnets for _ in range(2)] + subnets
     started = time.perf_counter()
     timed = _measure_subnets(table, items, table_measurer(table), True, "timing copies", chunk=len(items))
